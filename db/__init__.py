@@ -1,0 +1,1 @@
+"""Chatrun's database layer: models, engine and the store that owns all database access."""

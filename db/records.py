@@ -1,0 +1,127 @@
+"""Plain records the store returns: the rest of Chatrun never sees SQLAlchemy objects."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class UserRecord:
+    id: int
+    name: str
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    id: str
+    owner_id: int
+    title: str
+    profile: str
+    model: str | None
+    created_at: float
+    updated_at: float
+    last_seq: int
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(slots=True)
+class RunRecord:
+    id: str
+    session_id: str
+    queue_id: str
+    input: str | list[dict[str, Any]]
+    model: str | None
+    instructions: str | None
+    profile: str
+    status: str
+    position: int
+    created_at: float
+    upstream_run_id: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    id: int
+    session_id: str
+    run_id: str | None
+    role: str
+    content: str
+    reasoning: str
+    status: str
+    created_at: float
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    finish_reason: str | None = None
+    token_count: int | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        """The message as ``resumed.messages`` carries it (PROTOCOL.md §4)."""
+        payload: dict[str, Any] = {
+            "id": self.id,
+            "session_id": self.session_id,
+            "role": self.role,
+            "content": self.content,
+            "reasoning": self.reasoning,
+            "timestamp": self.created_at,
+            "run_id": self.run_id,
+            "status": self.status,
+            "finish_reason": self.finish_reason,
+        }
+        if self.tool_calls:
+            payload["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            payload["tool_call_id"] = self.tool_call_id
+        if self.tool_name is not None:
+            payload["tool_name"] = self.tool_name
+        return payload
+
+
+@dataclass(slots=True)
+class MessageWrite:
+    """The mutable part of a message, as the flusher writes it."""
+
+    id: int
+    content: str
+    reasoning: str
+    status: str
+    updated_at: float
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class RunFinish:
+    run_id: str
+    status: str
+    finished_at: float
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+    error_code: str | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class FlushBatch:
+    """Everything one flush tick writes, in one transaction."""
+
+    messages: list[MessageWrite] = field(default_factory=list)
+    # session id -> (last_seq ceiling, updated_at, input_tokens, output_tokens)
+    sessions: dict[str, tuple[int, float, int, int]] = field(default_factory=dict)
+    runs: list[RunFinish] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.sessions or self.runs)
+
+
+def dump_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def load_json(value: str | None) -> Any:
+    return None if value is None else json.loads(value)

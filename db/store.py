@@ -1,0 +1,493 @@
+"""The store: the one module that talks to the database.
+
+Writes are serialised by one lock (SQLite has a single writer; the lock keeps waiting inside
+the event loop instead of in ``busy_timeout``). Reads run concurrently (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from db.engine import create_engine, migrate
+from db.models import Message, Run, Session, User
+from db.records import (
+    FlushBatch,
+    MessageRecord,
+    RunRecord,
+    SessionRecord,
+    UserRecord,
+    dump_json,
+    load_json,
+)
+from server.errors import Forbidden
+
+ACTIVE_RUN_STATUSES = ("running",)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._engine = create_engine(self.url)
+        await migrate(self._engine)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("store is not open")
+        return self._engine
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def integrity_check(self) -> str:
+        async with self._read() as conn:
+            return str((await conn.execute(text("PRAGMA integrity_check"))).scalar_one())
+
+    # -- users --------------------------------------------------------------------------------
+
+    async def sync_users(self, tokens: dict[str, str]) -> None:
+        """Create or update users from ``{name: token}`` (tokens are stored hashed)."""
+        now = time.time()
+        async with self._write() as conn:
+            for name, token in tokens.items():
+                digest = hash_token(token)
+                row = (
+                    await conn.execute(select(User.id, User.token_hash).where(User.name == name))
+                ).first()
+                clash = (
+                    await conn.execute(
+                        select(User.id).where(User.token_hash == digest, User.name != name)
+                    )
+                ).first()
+                if clash is not None:
+                    # Another user held this token; tokens identify users, so it moves here.
+                    await conn.execute(
+                        update(User).where(User.id == clash.id).values(
+                            token_hash=hash_token(f"revoked:{clash.id}:{now}"), revoked_at=now
+                        )
+                    )
+                if row is None:
+                    await conn.execute(
+                        insert(User).values(name=name, token_hash=digest, created_at=now)
+                    )
+                elif row.token_hash != digest:
+                    await conn.execute(
+                        update(User).where(User.id == row.id).values(
+                            token_hash=digest, revoked_at=None
+                        )
+                    )
+
+    async def user_by_token(self, token: str) -> UserRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(User.id, User.name).where(
+                        User.token_hash == hash_token(token), User.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        return None if row is None else UserRecord(id=row.id, name=row.name)
+
+    async def user_by_name(self, name: str) -> UserRecord | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(User.id, User.name).where(User.name == name))).first()
+        return None if row is None else UserRecord(id=row.id, name=row.name)
+
+    async def ensure_user(self, name: str) -> UserRecord:
+        """The user called ``name``, created without a usable token if missing."""
+        user = await self.user_by_name(name)
+        if user is not None:
+            return user
+        async with self._write() as conn:
+            await conn.execute(
+                insert(User).values(
+                    name=name, token_hash=hash_token(f"no-token:{name}"), created_at=time.time()
+                )
+            )
+        user = await self.user_by_name(name)
+        assert user is not None
+        return user
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(Session).where(Session.id == session_id))).first()
+        return None if row is None else _session(row._mapping)
+
+    async def load_session(
+        self, session_id: str, seq_reserve: int
+    ) -> tuple[SessionRecord, list[RunRecord]] | None:
+        """The session and its queued runs, reserving ``seq_reserve`` sequence numbers ahead.
+
+        The stored ``last_seq`` becomes a ceiling of what may be emitted, so that a crash can
+        never make a sequence number be used twice.
+        """
+        async with self._write() as conn:
+            row = (await conn.execute(select(Session).where(Session.id == session_id))).first()
+            if row is None:
+                return None
+            record = _session(row._mapping)
+            await conn.execute(
+                update(Session)
+                .where(Session.id == session_id)
+                .values(last_seq=record.last_seq + seq_reserve)
+            )
+            queued = await self._queued_runs(conn, session_id)
+        return record, queued
+
+    async def _queued_runs(self, conn: AsyncConnection, session_id: str) -> list[RunRecord]:
+        rows = await conn.execute(
+            select(Run)
+            .where(Run.session_id == session_id, Run.status == "queued")
+            .order_by(Run.position)
+        )
+        return [_run(r._mapping) for r in rows]
+
+    async def reserve_seq(self, session_id: str, ceiling: int) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(Session).where(Session.id == session_id).values(last_seq=ceiling)
+            )
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def enqueue_run(
+        self,
+        run: RunRecord,
+        *,
+        owner_id: int,
+        title: str,
+    ) -> tuple[RunRecord, bool]:
+        """Persist a new queued run, creating its session on first use.
+
+        Returns ``(run, duplicate)``: when the session already has a run with this
+        ``queue_id``, that run is returned and nothing is written. Raises ``Forbidden`` when
+        the session belongs to another user.
+        """
+        async with self._write() as conn:
+            owner = (
+                await conn.execute(select(Session.owner_id).where(Session.id == run.session_id))
+            ).first()
+            if owner is not None and owner.owner_id != owner_id:
+                raise Forbidden("this session belongs to another user")
+            existing = (
+                await conn.execute(
+                    select(Run).where(
+                        Run.session_id == run.session_id, Run.queue_id == run.queue_id
+                    )
+                )
+            ).first()
+            if existing is not None:
+                return _run(existing._mapping), True
+            if owner is None:
+                await conn.execute(
+                    insert(Session).values(
+                        id=run.session_id,
+                        owner_id=owner_id,
+                        title=title,
+                        profile=run.profile,
+                        model=run.model,
+                        created_at=run.created_at,
+                        updated_at=run.created_at,
+                        last_seq=0,
+                        input_tokens=0,
+                        output_tokens=0,
+                    )
+                )
+            position = (
+                await conn.execute(
+                    select(func.coalesce(func.max(Run.position), 0)).where(
+                        Run.session_id == run.session_id
+                    )
+                )
+            ).scalar_one()
+            run.position = int(position) + 1
+            await conn.execute(
+                insert(Run).values(
+                    id=run.id,
+                    session_id=run.session_id,
+                    queue_id=run.queue_id,
+                    input=json.dumps(run.input, ensure_ascii=False),
+                    model=run.model,
+                    instructions=run.instructions,
+                    profile=run.profile,
+                    status="queued",
+                    position=run.position,
+                    created_at=run.created_at,
+                )
+            )
+            await conn.execute(
+                update(Session)
+                .where(Session.id == run.session_id)
+                .values(updated_at=run.created_at)
+            )
+        return run, False
+
+    async def run_by_queue_id(self, session_id: str, queue_id: str) -> RunRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(Run).where(Run.session_id == session_id, Run.queue_id == queue_id)
+                )
+            ).first()
+        return None if row is None else _run(row._mapping)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(Run).where(Run.id == run_id))).first()
+        return None if row is None else _run(row._mapping)
+
+    async def cancel_queued(self, run_id: str) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == "queued")
+                .values(status="cancelled", finished_at=time.time())
+            )
+        return bool(result.rowcount)
+
+    async def start_run(self, run_id: str, user_message: dict[str, Any]) -> int:
+        """Mark the run running and save its user message; returns the message id."""
+        now = time.time()
+        async with self._write() as conn:
+            await conn.execute(
+                update(Run).where(Run.id == run_id).values(status="running", started_at=now)
+            )
+            message_id = await self._insert_message(conn, user_message, now)
+            await conn.execute(
+                update(Session)
+                .where(Session.id == user_message["session_id"])
+                .values(updated_at=now)
+            )
+        return message_id
+
+    async def set_upstream_run_id(self, run_id: str, upstream_run_id: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(Run).where(Run.id == run_id).values(upstream_run_id=upstream_run_id)
+            )
+
+    async def recover_interrupted(self, error: str) -> list[str]:
+        """After a stop or crash: in-flight runs become ``interrupted`` (their text kept).
+
+        Returns the ids of sessions that still have queued runs.
+        """
+        now = time.time()
+        async with self._write() as conn:
+            await conn.execute(
+                update(Run)
+                .where(Run.status.in_(ACTIVE_RUN_STATUSES))
+                .values(
+                    status="interrupted", finished_at=now, error=error, error_code="interrupted"
+                )
+            )
+            await conn.execute(
+                update(Message)
+                .where(Message.status == "streaming")
+                .values(status="interrupted", updated_at=now)
+            )
+            rows = await conn.execute(
+                select(Run.session_id).where(Run.status == "queued").distinct()
+            )
+            return [r.session_id for r in rows]
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def insert_message(self, message: dict[str, Any]) -> int:
+        async with self._write() as conn:
+            return await self._insert_message(conn, message, time.time())
+
+    async def _insert_message(
+        self, conn: AsyncConnection, message: dict[str, Any], now: float
+    ) -> int:
+        values = dict(message)
+        values["tool_calls"] = dump_json(values.get("tool_calls"))
+        values.setdefault("content", "")
+        values.setdefault("reasoning", "")
+        values.setdefault("created_at", now)
+        values["updated_at"] = now
+        result = await conn.execute(insert(Message).values(**values).returning(Message.id))
+        return int(result.scalar_one())
+
+    async def recent_messages(self, session_id: str, limit: int) -> list[MessageRecord]:
+        """The newest ``limit`` messages of a session, oldest first."""
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(Message)
+                .where(Message.session_id == session_id)
+                .order_by(Message.id.desc())
+                .limit(limit)
+            )
+            records = [_message(r._mapping) for r in rows]
+        records.reverse()
+        return records
+
+    async def history(self, session_id: str, before_id: int) -> list[tuple[str, str]]:
+        """``(role, content)`` of the user and assistant turns before a message, oldest first.
+
+        Tool activity is not part of it, and neither are empty assistant turns.
+        """
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(Message.role, Message.content)
+                .where(
+                    Message.session_id == session_id,
+                    Message.id < before_id,
+                    Message.role.in_(("user", "assistant")),
+                    Message.content != "",
+                )
+                .order_by(Message.id)
+            )
+            return [(r.role, r.content) for r in rows]
+
+    # -- batched writes -----------------------------------------------------------------------
+
+    async def write(self, batch: FlushBatch) -> None:
+        """Write one flush batch in a single transaction."""
+        if not batch:
+            return
+        async with self._write() as conn:
+            if batch.messages:
+                await conn.execute(
+                    update(Message)
+                    .where(Message.id == bindparam("m_id"))
+                    .values(
+                        content=bindparam("m_content"),
+                        reasoning=bindparam("m_reasoning"),
+                        status=bindparam("m_status"),
+                        updated_at=bindparam("m_updated"),
+                        tool_calls=bindparam("m_tool_calls"),
+                        finish_reason=bindparam("m_finish"),
+                    ),
+                    [
+                        {
+                            "m_id": m.id,
+                            "m_content": m.content,
+                            "m_reasoning": m.reasoning,
+                            "m_status": str(m.status),
+                            "m_updated": m.updated_at,
+                            "m_tool_calls": dump_json(m.tool_calls),
+                            "m_finish": m.finish_reason,
+                        }
+                        for m in batch.messages
+                    ],
+                )
+            if batch.sessions:
+                await conn.execute(
+                    update(Session)
+                    .where(Session.id == bindparam("s_id"))
+                    .values(
+                        last_seq=bindparam("s_seq"),
+                        updated_at=bindparam("s_updated"),
+                        input_tokens=bindparam("s_in"),
+                        output_tokens=bindparam("s_out"),
+                    ),
+                    [
+                        {"s_id": sid, "s_seq": seq, "s_updated": updated, "s_in": tin,
+                         "s_out": tout}
+                        for sid, (seq, updated, tin, tout) in batch.sessions.items()
+                    ],
+                )
+            for run in batch.runs:
+                await conn.execute(
+                    update(Run)
+                    .where(Run.id == run.run_id)
+                    .values(
+                        status=run.status,
+                        finished_at=run.finished_at,
+                        usage=dump_json(run.usage),
+                        error=run.error,
+                        error_code=run.error_code,
+                        finish_reason=run.finish_reason,
+                    )
+                )
+
+
+def _session(m: Any) -> SessionRecord:
+    return SessionRecord(
+        id=m["id"],
+        owner_id=m["owner_id"],
+        title=m["title"],
+        profile=m["profile"],
+        model=m["model"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        last_seq=m["last_seq"],
+        input_tokens=m["input_tokens"],
+        output_tokens=m["output_tokens"],
+    )
+
+
+def _run(m: Any) -> RunRecord:
+    return RunRecord(
+        id=m["id"],
+        session_id=m["session_id"],
+        queue_id=m["queue_id"],
+        input=json.loads(m["input"]),
+        model=m["model"],
+        instructions=m["instructions"],
+        profile=m["profile"],
+        status=m["status"],
+        position=m["position"],
+        created_at=m["created_at"],
+        upstream_run_id=m["upstream_run_id"],
+        error=m["error"],
+        error_code=m["error_code"],
+    )
+
+
+def _message(m: Any) -> MessageRecord:
+    return MessageRecord(
+        id=m["id"],
+        session_id=m["session_id"],
+        run_id=m["run_id"],
+        role=m["role"],
+        content=m["content"],
+        reasoning=m["reasoning"],
+        status=m["status"],
+        created_at=m["created_at"],
+        tool_calls=load_json(m["tool_calls"]),
+        tool_call_id=m["tool_call_id"],
+        tool_name=m["tool_name"],
+        finish_reason=m["finish_reason"],
+        token_count=m["token_count"],
+    )
+
+
+__all__: Sequence[str] = ["Store", "hash_token"]

@@ -1,0 +1,165 @@
+"""The application factory: builds every component once and wires them together."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import socketio
+from aiohttp import web
+from httpx_aiohttp import AiohttpTransport
+
+from db.store import Store
+from server.auth import Authenticator
+from server.eventlog import EventLog, MemoryEventLog
+from server.events import Limits
+from server.flusher import Flusher
+from server.http.health import UpstreamProbe
+from server.http.static import add_static_routes, security_headers
+from server.namespace import ChatRunNamespace
+from server.runs import RunManager
+from server.sessions import Emitter, SessionHub
+from server.settings import Settings
+from server.tasks import TaskSet
+from server.upstream.registry import Upstreams
+
+log = logging.getLogger("chatrun")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+EVICT_EVERY = 60.0
+
+
+class Chatrun:
+    """Every long-lived component of one server process (built by ``create_app``)."""
+
+    def __init__(self, settings: Settings, sio: socketio.AsyncServer, store: Store,
+                 eventlog: EventLog) -> None:
+        self.settings = settings
+        self.sio = sio
+        self.store = store
+        self.tasks = TaskSet()
+        self.auth = Authenticator(settings, store)
+        self.hub = SessionHub(settings, store, Emitter(sio), eventlog, self.tasks)
+        self.flusher = Flusher(self.hub, store, settings.flush_interval)
+        self.limits = Limits(settings.max_input_chars, settings.max_content_blocks)
+        # set when the app starts (they need the running loop / an open HTTP session)
+        self._upstreams: Upstreams | None = None
+        self._runs: RunManager | None = None
+        self.probe: UpstreamProbe | None = None
+        self.started_at = time.time()
+
+    @property
+    def upstreams(self) -> Upstreams:
+        assert self._upstreams is not None, "app not started"
+        return self._upstreams
+
+    @property
+    def runs(self) -> RunManager:
+        assert self._runs is not None, "app not started"
+        return self._runs
+
+    def start_components(self, upstreams: Upstreams) -> None:
+        self._upstreams = upstreams
+        self._runs = RunManager(self.settings, self.store, self.hub, self.flusher, upstreams,
+                                self.tasks)
+        self.probe = UpstreamProbe(upstreams)
+
+
+CHATRUN = web.AppKey("chatrun", Chatrun)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    upstreams: Upstreams | None = None,
+    client_manager: Any = None,
+    eventlog: EventLog | None = None,
+) -> web.Application:
+    """Build the aiohttp application; resources open and close with the app."""
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=client_manager,
+        max_http_buffer_size=max(1_000_000, settings.max_input_chars * 4 + 65_536),
+        logger=False,
+        engineio_logger=False,
+    )
+    chatrun = Chatrun(
+        settings, sio, store or Store(settings.resolved_database_url),
+        eventlog or MemoryEventLog(settings.retained_events),
+    )
+    app = web.Application(middlewares=[security_headers])
+    app[CHATRUN] = chatrun
+    sio.attach(app)
+    app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(_lifecycle(chatrun, upstreams))
+    add_static_routes(app, STATIC_DIR)
+    return app
+
+
+def _lifecycle(chatrun: Chatrun, injected: Upstreams | None) -> Any:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        settings = chatrun.settings
+        if settings.resolved_database_url.startswith("sqlite") and not settings.database_url:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await chatrun.store.open()
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None),
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        )
+        client = httpx.AsyncClient(transport=AiohttpTransport(client=session))
+        try:
+            await chatrun.auth.prepare()
+            chatrun.start_components(injected or Upstreams(settings, client))
+            chatrun.sio.register_namespace(
+                ChatRunNamespace(chatrun.auth, chatrun.runs, chatrun.hub, chatrun.limits)
+            )
+            await chatrun.runs.recover()
+            chatrun.tasks.spawn(chatrun.flusher.run(), name="flusher")
+            chatrun.tasks.spawn(_evict_loop(chatrun), name="evict")
+            gc.freeze()  # start-up objects live forever: keep them out of collections
+            yield
+        finally:
+            if chatrun._runs is not None:
+                await chatrun.runs.shutdown()
+            try:
+                await chatrun.flusher.flush(exact=True)
+            except Exception:
+                log.exception("final flush failed")
+            await chatrun.tasks.cancel_all()
+            await client.aclose()
+            await session.close()
+            await chatrun.store.close()
+
+    return lifecycle
+
+
+async def _evict_loop(chatrun: Chatrun) -> None:
+    while True:
+        await asyncio.sleep(EVICT_EVERY)
+        await chatrun.hub.evict_idle()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    chatrun = request.app[CHATRUN]
+    body: dict[str, Any] = {"status": "ok"}
+    status = 200
+    try:
+        await chatrun.store.ping()
+        body["database"] = "ok"
+    except Exception as exc:
+        body["database"] = f"error: {type(exc).__name__}"
+        body["status"] = "degraded"
+        status = 503
+    if chatrun.probe is not None:
+        body["upstreams"] = await chatrun.probe.states()
+        body["active_runs"] = chatrun.runs.active_runs()
+    body["sessions_in_memory"] = len(chatrun.hub.sessions)
+    return web.json_response(body, status=status)

@@ -1,0 +1,85 @@
+"""Batched persistence: all dirty sessions are written in one transaction per tick."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from db.records import FlushBatch, RunFinish
+from db.store import Store
+from server.sessions import SEQ_BLOCK, SessionHub, SessionState
+
+log = logging.getLogger("chatrun.flusher")
+
+
+class Flusher:
+    def __init__(self, hub: SessionHub, store: Store, interval: float) -> None:
+        self.hub = hub
+        self.store = store
+        self.interval = interval
+        self._lock = asyncio.Lock()
+        self.flushes = 0
+        self.last_batch_size = 0
+
+    async def run(self) -> None:
+        """Flush every interval until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("flush failed; retrying next tick")
+
+    async def flush(self, *, exact: bool = False) -> None:
+        """Write every dirty session. ``exact`` stores the true last seq (clean shutdown)."""
+        async with self._lock:
+            ids = list(self.hub.dirty)
+            self.hub.dirty.clear()
+            states = [s for sid in ids if (s := self.hub.sessions.get(sid)) is not None]
+            await self._write(states, [], exact=exact)
+
+    async def persist(self, state: SessionState, finish: RunFinish) -> None:
+        """Write one session's in-flight state together with the end of its run."""
+        async with self._lock:
+            self.hub.dirty.discard(state.id)
+            await self._write([state], [finish], exact=False)
+
+    async def _write(self, states: list[SessionState], runs: list[RunFinish], *,
+                     exact: bool) -> None:
+        batch = FlushBatch(runs=runs)
+        drafts = []
+        ceilings: dict[str, int] = {}
+        for state in states:
+            if state.transcript is not None:
+                for draft in state.transcript.dirty():
+                    draft.dirty = False
+                    drafts.append(draft)
+                    batch.messages.append(draft.write())
+            if exact:
+                ceiling = state.seq
+            elif state.seq + SEQ_BLOCK // 2 > state.seq_reserved:
+                ceiling = state.seq + SEQ_BLOCK
+            else:
+                ceiling = state.seq_reserved
+            ceilings[state.id] = ceiling
+            batch.sessions[state.id] = (
+                ceiling, time.time(), state.input_tokens, state.output_tokens
+            )
+        started = time.perf_counter()
+        try:
+            await self.store.write(batch)
+        except BaseException:
+            for draft in drafts:
+                draft.dirty = True
+            self.hub.dirty.update(s.id for s in states)
+            raise
+        for state in states:
+            # a ceiling only ever moves up while the server runs
+            if exact or ceilings[state.id] > state.seq_reserved:
+                state.seq_reserved = ceilings[state.id]
+        self.flushes += 1
+        self.last_batch_size = len(states)
+        elapsed = time.perf_counter() - started
+        if elapsed > self.interval:
+            log.warning("flush of %d sessions took %.0f ms", len(states), elapsed * 1000)

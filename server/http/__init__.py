@@ -1,0 +1,1 @@
+"""HTTP endpoints beside the Socket.IO namespace."""

@@ -1,0 +1,118 @@
+"""The ``/chat-run`` Socket.IO namespace: parse, authorise, call, ack. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+import socketio
+
+from db.records import UserRecord
+from server.auth import Authenticator
+from server.errors import BadRequest, ChatrunError
+from server.events import (
+    CancelQueuedPayload,
+    Limits,
+    ResumePayload,
+    RunPayload,
+    SessionPayload,
+)
+from server.runs import RunManager
+from server.sessions import NAMESPACE, SessionHub
+from server.upstream.registry import DEFAULT_PROFILE
+
+log = logging.getLogger("chatrun.socket")
+
+MAX_PROFILE_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    user: UserRecord
+    profile: str
+
+
+Handler = Callable[[str, Connection, Any], Awaitable[dict[str, Any]]]
+
+
+class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+    def __init__(
+        self, auth: Authenticator, runs: RunManager, hub: SessionHub, limits: Limits
+    ) -> None:
+        super().__init__(NAMESPACE)
+        self.auth = auth
+        self.runs = runs
+        self.hub = hub
+        self.limits = limits
+        self.connections: dict[str, Connection] = {}
+        self._handlers: dict[str, Handler] = {
+            "run": self._run,
+            "cancel_queued_run": self._cancel_queued_run,
+            "resume": self._resume,
+            "abort": self._abort,
+            "leave": self._leave,
+        }
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event in ("connect", "disconnect"):
+            return await super().trigger_event(event, *args)
+        sid = args[0]
+        connection = self.connections.get(sid)
+        handler = self._handlers.get(event)
+        try:
+            if connection is None:
+                raise BadRequest("not connected")
+            if handler is None:
+                raise BadRequest(f"unknown event {str(event)[:64]!r}")
+            if len(args) > 2:
+                raise BadRequest(f"`{event}` takes one payload object")
+            return await handler(sid, connection, args[1] if len(args) > 1 else None)
+        except ChatrunError as exc:
+            return exc.to_ack()
+        except Exception:
+            log.exception("handling %r from %s failed", event, sid)
+            return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        user = await self.auth.authenticate(token)
+        if user is None:
+            raise socketio.exceptions.ConnectionRefusedError("Authentication failed")
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        profile = (query.get("profile") or [DEFAULT_PROFILE])[0][:MAX_PROFILE_CHARS]
+        self.connections[sid] = Connection(user, profile or DEFAULT_PROFILE)
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.connections.pop(sid, None)
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def _run(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
+        request = RunPayload.from_payload(payload, self.limits)
+        return await self.runs.submit(conn.user, conn.profile, request, sid)
+
+    async def _cancel_queued_run(self, sid: str, conn: Connection, payload: Any
+                                 ) -> dict[str, Any]:
+        request = CancelQueuedPayload.from_payload(payload)
+        return await self.runs.cancel_queued(conn.user, request.session_id, request.queue_id)
+
+    async def _resume(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
+        request = ResumePayload.from_payload(payload)
+        state = await self.runs.owned(conn.user, request.session_id)
+        if state is None:
+            seq = await self.hub.resume_unknown(sid, request.session_id)
+        else:
+            seq = await self.hub.resume(state, sid, request.last_seq)
+        return {"ok": True, "seq": seq}
+
+    async def _abort(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
+        request = SessionPayload.from_payload(payload, "abort")
+        return await self.runs.abort(conn.user, request.session_id, sid)
+
+    async def _leave(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
+        request = SessionPayload.from_payload(payload, "leave")
+        await self.hub.emitter.leave(sid, request.session_id)
+        return {"ok": True}

@@ -1,0 +1,474 @@
+"""The run manager: one active run per session, a persisted FIFO queue, abort, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from db.records import RunFinish, RunRecord, UserRecord
+from db.store import Store
+from server.errors import (
+    ChatrunError,
+    Forbidden,
+    NotFound,
+    QueueFull,
+    ShuttingDown,
+    UpstreamCode,
+    UpstreamError,
+)
+from server.events import RunPayload, input_text, new_run_id
+from server.flusher import Flusher
+from server.sessions import ActiveRun, SessionHub, SessionState
+from server.settings import Settings
+from server.tasks import TaskSet
+from server.transcript import MessageStatus, Transcript
+from server.upstream.base import (
+    Cancelled,
+    Completed,
+    Passthrough,
+    ReasoningDelta,
+    TextDelta,
+    ToolCompleted,
+    ToolStarted,
+    UpstreamEvent,
+    UpstreamRequest,
+    UpstreamRun,
+)
+from server.upstream.registry import Upstreams
+
+log = logging.getLogger("chatrun.runs")
+
+STOP_ON_SHUTDOWN_TIMEOUT = 1.0
+INTERRUPTED_ERROR = "The server stopped while this run was in progress; the text so far was kept."
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED}),
+    RunStatus.RUNNING: frozenset(
+        {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED}
+    ),
+    RunStatus.COMPLETED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+    RunStatus.INTERRUPTED: frozenset(),
+}
+
+MESSAGE_STATUS = {
+    RunStatus.COMPLETED: MessageStatus.COMPLETE,
+    RunStatus.FAILED: MessageStatus.FAILED,
+    RunStatus.CANCELLED: MessageStatus.ABORTED,
+    RunStatus.INTERRUPTED: MessageStatus.INTERRUPTED,
+}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a run ended."""
+
+    status: RunStatus
+    output: str | None = None
+    usage: dict[str, int] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+class RunManager:
+    def __init__(
+        self, settings: Settings, store: Store, hub: SessionHub, flusher: Flusher,
+        upstreams: Upstreams, tasks: TaskSet,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.flusher = flusher
+        self.upstreams = upstreams
+        self.tasks = tasks
+        self.accepting = True
+        self._shutting_down = False
+
+    # -- client requests ----------------------------------------------------------------------
+
+    async def owned(self, user: UserRecord, session_id: str) -> SessionState | None:
+        state = await self.hub.get(session_id)
+        if state is not None and state.owner_id != user.id:
+            raise Forbidden("this session belongs to another user")
+        return state
+
+    async def submit(
+        self, user: UserRecord, profile: str, req: RunPayload, sid: str
+    ) -> dict[str, Any]:
+        """Start or queue a run; idempotent on ``queue_id``."""
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down; try again shortly")
+        if profile not in self.upstreams:
+            self.upstreams.get(profile)  # raises NotFound with the known profiles
+        async with self.hub.lock(req.session_id):
+            state = await self.owned(user, req.session_id)
+            if state is not None:
+                existing = await self.store.run_by_queue_id(state.id, req.queue_id)
+                if existing is not None:
+                    await self.hub.emitter.join(sid, state.id)
+                    return self._ack(state, existing, duplicate=True)
+                if state.active is not None and len(state.queue) >= self.settings.max_queue_depth:
+                    raise QueueFull(
+                        f"this session already has {len(state.queue)} queued runs "
+                        f"(limit {self.settings.max_queue_depth})"
+                    )
+            record = RunRecord(
+                id=new_run_id(), session_id=req.session_id, queue_id=req.queue_id,
+                input=req.input, model=req.model, instructions=req.instructions,
+                profile=profile, status=RunStatus.QUEUED, position=0, created_at=time.time(),
+            )
+            record, duplicate = await self.store.enqueue_run(
+                record, owner_id=user.id, title=req.title
+            )
+            if state is None:
+                state = await self.hub.get(req.session_id)
+                if state is None:
+                    raise NotFound("the session vanished while the run was queued")
+            elif not duplicate:
+                state.queue.append(record)
+            await self.hub.emitter.join(sid, state.id)
+            if duplicate:
+                return self._ack(state, record, duplicate=True)
+            if state.active is None:
+                self._start_next(state, announce=False)
+            if state.active is None or state.active.id != record.id:
+                self._publish_queue(state, record.queue_id)
+            log.info("run %s session %s accepted (queued=%s)", record.id, state.id,
+                     state.active is None or state.active.id != record.id)
+            return self._ack(state, record)
+
+    def _ack(self, state: SessionState, record: RunRecord, *, duplicate: bool = False
+             ) -> dict[str, Any]:
+        position = next(
+            (i + 1 for i, r in enumerate(state.queue) if r.id == record.id), 0
+        )
+        ack: dict[str, Any] = {
+            "ok": True, "session_id": state.id, "run_id": record.id,
+            "queue_id": record.queue_id, "queued": position > 0, "position": position,
+        }
+        if duplicate:
+            ack["duplicate"] = True
+        return ack
+
+    def _publish_queue(self, state: SessionState, queue_id: str) -> None:
+        self.hub.publish(state, "run.queued", {
+            "queue_length": len(state.queue), "queue_id": queue_id,
+            "queue": state.queue_payload(),
+        })
+
+    async def cancel_queued(self, user: UserRecord, session_id: str, queue_id: str
+                            ) -> dict[str, Any]:
+        state = await self.owned(user, session_id)
+        if state is None:
+            raise NotFound(f"no session {session_id!r}")
+        async with self.hub.lock(session_id):
+            index = next((i for i, r in enumerate(state.queue) if r.queue_id == queue_id), None)
+            if index is None:
+                return {"ok": True, "cancelled": False}
+            record = state.queue[index]
+            await self.store.cancel_queued(record.id)
+            state.queue.pop(index)
+            self._publish_queue(state, queue_id)
+            log.info("run %s session %s cancelled while queued", record.id, session_id)
+            return {"ok": True, "cancelled": True}
+
+    async def abort(self, user: UserRecord, session_id: str, sid: str) -> dict[str, Any]:
+        state = await self.owned(user, session_id)
+        ignored = {"run_id": None, "synced": False, "ignored": True}
+        if state is None:
+            await self.hub.emitter.to_socket(
+                sid, "abort.completed",
+                {"event": "abort.completed", "session_id": session_id, **ignored},
+            )
+            return {"ok": True, "aborting": False}
+        async with self.hub.lock(session_id):
+            active = state.active
+            if active is None:
+                self.hub.publish(state, "abort.completed", ignored)
+                return {"ok": True, "aborting": False}
+            if not active.aborting:
+                active.aborting = True
+                self.hub.publish(state, "abort.started", {
+                    "run_id": active.id, "graceMs": self.settings.abort_grace_ms,
+                })
+                log.info("run %s session %s aborting", active.id, session_id)
+                self.tasks.spawn(self._abort(active), name=f"abort:{active.id}")
+            return {"ok": True, "aborting": True}
+
+    async def _abort(self, active: ActiveRun) -> None:
+        """Ask the upstream to stop, wait for it up to the grace time, then cut the run."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.abort_grace
+        if active.handle is not None:
+            await self._request_stop(active.handle, self.settings.abort_grace)
+        task = active.task
+        if task is None:
+            return
+        remaining = max(0.0, deadline - loop.time())
+        done, _ = await asyncio.wait({task}, timeout=remaining)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
+
+    @staticmethod
+    async def _request_stop(handle: UpstreamRun, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                return await handle.stop()
+        except TimeoutError:
+            return False
+
+    # -- the run itself -----------------------------------------------------------------------
+
+    def _start_next(self, state: SessionState, *, announce: bool) -> None:
+        if state.active is not None or not state.queue or self._shutting_down:
+            return
+        record = state.queue.pop(0)
+        active = ActiveRun(record)
+        state.active = active
+        state.state_events = []
+        if announce:
+            self._publish_queue(state, record.queue_id)
+        active.task = self.tasks.spawn(self._drive(state, active), name=f"run:{record.id}")
+
+    async def _drive(self, state: SessionState, active: ActiveRun) -> None:
+        record = active.record
+        outcome: Outcome
+        try:
+            outcome = await self._execute(state, active)
+        except UpstreamError as exc:
+            outcome = Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
+        except ChatrunError as exc:
+            outcome = Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if active.aborting:
+                outcome = Outcome(RunStatus.CANCELLED)
+            else:
+                outcome = Outcome(RunStatus.INTERRUPTED, error=INTERRUPTED_ERROR,
+                                  code=UpstreamCode.INTERRUPTED)
+                if active.handle is not None:
+                    await self._request_stop(active.handle, STOP_ON_SHUTDOWN_TIMEOUT)
+        except Exception as exc:
+            log.exception("run %s session %s crashed", record.id, state.id)
+            outcome = Outcome(RunStatus.FAILED, error=f"internal error ({type(exc).__name__})",
+                              code="internal")
+        finally:
+            if active.handle is not None:
+                await active.handle.aclose()
+        await self._finish(state, active, outcome)
+
+    async def _execute(self, state: SessionState, active: ActiveRun) -> Outcome:
+        record = active.record
+        upstream = self.upstreams.get(record.profile)
+        text = input_text(record.input)
+        user_message_id = await self.store.start_run(record.id, {
+            "session_id": state.id, "run_id": record.id, "role": "user", "content": text,
+            "status": MessageStatus.COMPLETE.value,
+        })
+        state.transcript = Transcript(state.id, record.id, self.store.insert_message)
+        history = await self.store.history(state.id, user_message_id)
+        instructions = "\n\n".join(
+            p for p in (self.settings.system_prompt, record.instructions) if p
+        ) or None
+        handle = await upstream.start(UpstreamRequest(
+            session_id=state.id, input=record.input, history=history,
+            instructions=instructions, model=record.model,
+        ))
+        active.handle = handle
+        if handle.upstream_run_id:
+            await self.store.set_upstream_run_id(record.id, handle.upstream_run_id)
+        if active.aborting:  # abort arrived while the upstream was accepting the run
+            await self._request_stop(handle, self.settings.abort_grace)
+        self.hub.publish(state, "run.started", {
+            "run_id": record.id, "status": "started", "queue_length": len(state.queue),
+            "queue_id": record.queue_id, "model": record.model or upstream.config.model or None,
+            "profile": record.profile,
+        })
+        log.info("run %s session %s started upstream %s in %.3fs", record.id, state.id,
+                 handle.upstream_run_id, time.monotonic() - active.started)
+        return await self._stream(state, active, handle)
+
+    async def _stream(self, state: SessionState, active: ActiveRun, handle: UpstreamRun
+                      ) -> Outcome:
+        run_id = active.id
+        idle = self.settings.upstream_idle_timeout_s
+        open_tools: dict[str, list[str]] = {}
+        events: AsyncIterator[UpstreamEvent] = handle.events()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        event = await anext(events)
+                except TimeoutError:
+                    raise UpstreamError(
+                        f"The upstream sent nothing for {idle:g} s", UpstreamCode.TIMEOUT
+                    ) from None
+                except StopAsyncIteration:
+                    raise UpstreamError(
+                        "The upstream event stream ended before the run finished",
+                        UpstreamCode.DISCONNECTED,
+                    ) from None
+                publish = self.hub.publish
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        publish(state, "message.delta", {
+                            "run_id": run_id, "delta": event.text,
+                            "timestamp": event.timestamp or time.time(),
+                        })
+                elif isinstance(event, ReasoningDelta):
+                    publish(state, "reasoning.delta", {"run_id": run_id, "text": event.text})
+                elif isinstance(event, ToolStarted):
+                    call_id = event.tool_call_id or f"call_{uuid.uuid4().hex[:16]}"
+                    open_tools.setdefault(event.tool, []).append(call_id)
+                    publish(state, "tool.started", {
+                        "run_id": run_id, "tool": event.tool, "name": event.tool,
+                        "preview": event.preview, "tool_call_id": call_id,
+                    })
+                elif isinstance(event, ToolCompleted):
+                    call_id = event.tool_call_id or _pop_call(open_tools, event.tool)
+                    publish(state, "tool.completed", {
+                        "run_id": run_id, "tool": event.tool, "duration": event.duration,
+                        "error": event.error, "output": event.output, "tool_call_id": call_id,
+                    })
+                elif isinstance(event, Passthrough):
+                    publish(state, event.name, {**event.data, "run_id": run_id})
+                elif isinstance(event, Completed):
+                    if active.aborting:
+                        active.stop_confirmed = True
+                        return Outcome(RunStatus.CANCELLED)
+                    return Outcome(RunStatus.COMPLETED, output=event.output, usage=event.usage,
+                                   finish_reason=event.finish_reason or "stop")
+                elif isinstance(event, Cancelled):
+                    active.stop_confirmed = active.aborting
+                    return Outcome(RunStatus.CANCELLED)
+        finally:
+            closer = getattr(events, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+    async def _finish(self, state: SessionState, active: ActiveRun, outcome: Outcome) -> None:
+        record = active.record
+        if outcome.usage:
+            state.input_tokens = outcome.usage.get("input_tokens", state.input_tokens)
+            state.output_tokens = outcome.usage.get("output_tokens", state.output_tokens)
+        finish = RunFinish(
+            run_id=record.id, status=outcome.status.value, finished_at=time.time(),
+            usage=outcome.usage, error=outcome.error, error_code=outcome.code,
+            finish_reason=outcome.finish_reason,
+        )
+        transcript = state.transcript
+
+        async def persist() -> None:
+            if transcript is not None:
+                await transcript.finish(MESSAGE_STATUS[outcome.status], output=outcome.output,
+                                        finish_reason=outcome.finish_reason)
+            await self.flusher.persist(state, finish)
+
+        async with self.hub.lock(state.id):
+            remaining = len(state.queue)
+            self.hub.publish(state, "usage.updated", {
+                "run_id": record.id, "inputTokens": state.input_tokens,
+                "outputTokens": state.output_tokens,
+            })
+            name, data = self._terminal(outcome, record.id, remaining, transcript)
+            try:
+                await self.hub.publish_wait(state, name, data, before=persist)
+            except Exception:
+                log.exception("run %s session %s: terminal event failed", record.id, state.id)
+            if active.aborting:
+                done: dict[str, Any] = {"run_id": record.id, "synced": active.stop_confirmed}
+                if remaining and not self._shutting_down:
+                    done["queue_length"] = remaining
+                self.hub.publish(state, "abort.completed", done)
+            state.active = None
+            state.transcript = None
+            active.abort_done.set()
+            log.info("run %s session %s %s after %.3fs%s", record.id, state.id,
+                     outcome.status.value, time.monotonic() - active.started,
+                     f" ({outcome.code})" if outcome.code else "")
+            self._start_next(state, announce=True)
+
+    @staticmethod
+    def _terminal(outcome: Outcome, run_id: str, remaining: int, transcript: Any
+                  ) -> tuple[str, dict[str, Any]]:
+        if outcome.status == RunStatus.COMPLETED:
+            output = outcome.output
+            if output is None and transcript is not None:
+                output = transcript.text
+            usage = outcome.usage or {}
+            return "run.completed", {
+                "run_id": run_id, "output": output or "",
+                "usage": {
+                    "input_tokens": usage.get("input_tokens", 0),
+                    "output_tokens": usage.get("output_tokens", 0),
+                    "total_tokens": usage.get("total_tokens", 0),
+                },
+                "queue_remaining": remaining, "finish_reason": outcome.finish_reason,
+            }
+        if outcome.status == RunStatus.CANCELLED:
+            return "run.cancelled", {"run_id": run_id, "queue_remaining": remaining}
+        return "run.failed", {
+            "run_id": run_id, "error": outcome.error or "the run failed",
+            "code": outcome.code or "upstream_error", "queue_remaining": remaining,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """At start-up: in-flight runs become interrupted, and queues continue."""
+        session_ids = await self.store.recover_interrupted(INTERRUPTED_ERROR)
+        for session_id in session_ids:
+            state = await self.hub.get(session_id)
+            if state is None:
+                continue
+            async with self.hub.lock(session_id):
+                self._start_next(state, announce=False)
+        if session_ids:
+            log.info("continuing the queues of %d sessions", len(session_ids))
+
+    async def shutdown(self) -> None:
+        """Stop accepting runs; runs in flight end ``interrupted`` with their text saved."""
+        self.accepting = False
+        self._shutting_down = True
+        tasks = [s.active.task for s in self.hub.sessions.values()
+                 if s.active is not None and s.active.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def active_runs(self) -> int:
+        return sum(1 for s in self.hub.sessions.values() if s.active is not None)
+
+
+def _pop_call(open_tools: dict[str, list[str]], tool: str) -> str:
+    calls = open_tools.get(tool)
+    if calls:
+        return calls.pop(0)
+    for calls in open_tools.values():
+        if calls:
+            return calls.pop(0)
+    return f"call_{uuid.uuid4().hex[:16]}"

@@ -1,0 +1,350 @@
+"""Per-session state and the hub that numbers, records and emits every session event.
+
+Every event of a session goes through ``SessionHub.publish``: it is queued on the session's
+outbox, and one sender task per session takes items in order, applies each to the in-flight
+transcript, assigns the next ``seq``, appends it to the retained log and emits it to the room.
+``resume`` requests travel through the same outbox, so a snapshot is taken exactly between two
+numbered events: snapshot plus the events that follow is the transcript, nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from db.records import MessageRecord, RunRecord, SessionRecord
+from db.store import Store
+from server.eventlog import EventLog
+from server.events import input_text
+from server.settings import Settings
+from server.tasks import TaskSet
+from server.transcript import Transcript
+from server.upstream.base import UpstreamRun
+
+log = logging.getLogger("chatrun.sessions")
+
+NAMESPACE = "/chat-run"
+SEQ_BLOCK = 1000  # sequence numbers reserved ahead in the database (see Store.load_session)
+STATE_EVENTS = frozenset(
+    {"compression.started", "compression.completed", "abort.started", "abort.completed"}
+)
+COALESCED = "message.delta"
+
+
+def room(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+class Emitter:
+    """The two operations the hub needs from Socket.IO (the seam for other transports)."""
+
+    def __init__(self, sio: Any) -> None:
+        self._sio = sio
+
+    async def to_room(self, session_id: str, event: str, payload: dict[str, Any]) -> None:
+        await self._sio.emit(event, payload, room=room(session_id), namespace=NAMESPACE)
+
+    async def to_socket(self, sid: str, event: str, payload: dict[str, Any]) -> None:
+        await self._sio.emit(event, payload, to=sid, namespace=NAMESPACE)
+
+    async def join(self, sid: str, session_id: str) -> None:
+        await self._sio.enter_room(sid, room(session_id), namespace=NAMESPACE)
+
+    async def leave(self, sid: str, session_id: str) -> None:
+        await self._sio.leave_room(sid, room(session_id), namespace=NAMESPACE)
+
+
+@dataclass(eq=False)
+class ActiveRun:
+    """The run a session is executing now."""
+
+    record: RunRecord
+    started: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+    handle: UpstreamRun | None = None
+    aborting: bool = False
+    stop_confirmed: bool = False
+    abort_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    """One outbox entry: an event to number and emit, or a resume to answer."""
+
+    kind: str  # "event" | "resume"
+    name: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    done: asyncio.Future[Any] | None = None
+    # for "event": awaited before numbering (persists a terminal state)
+    before: Callable[[], Awaitable[None]] | None = None
+    # for "resume"
+    sid: str = ""
+    last_seq: int | None = None
+
+
+class SessionState:
+    def __init__(self, record: SessionRecord, queued: list[RunRecord], seq_reserved: int) -> None:
+        self.id = record.id
+        self.owner_id = record.owner_id
+        self.title = record.title
+        self.profile = record.profile
+        self.seq = record.last_seq
+        self.seq_reserved = seq_reserved
+        self.input_tokens = record.input_tokens
+        self.output_tokens = record.output_tokens
+        self.queue: list[RunRecord] = queued
+        self.active: ActiveRun | None = None
+        self.transcript: Transcript | None = None
+        self.state_events: list[dict[str, Any]] = []
+        self.outbox: deque[_Item] = deque()
+        self.sender: asyncio.Task[None] | None = None
+        self.touched = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        return self.active is not None or bool(self.queue) or bool(self.outbox)
+
+    def queue_payload(self) -> list[dict[str, Any]]:
+        return [
+            {"queue_id": r.queue_id, "run_id": r.id, "preview": input_text(r.input)[:100]}
+            for r in self.queue
+        ]
+
+
+class SessionHub:
+    def __init__(
+        self, settings: Settings, store: Store, emitter: Emitter, eventlog: EventLog,
+        tasks: TaskSet,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.emitter = emitter
+        self.eventlog = eventlog
+        self.tasks = tasks
+        self.sessions: dict[str, SessionState] = {}
+        self.dirty: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._loading: dict[str, asyncio.Future[SessionState | None]] = {}
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def lock(self, session_id: str) -> asyncio.Lock:
+        """The lock that serialises queue and run decisions of one session."""
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
+
+    async def get(self, session_id: str) -> SessionState | None:
+        """The session's state, loaded from the database on first use (None: no such session)."""
+        state = self.sessions.get(session_id)
+        if state is not None:
+            state.touched = time.monotonic()
+            return state
+        pending = self._loading.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[SessionState | None] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = future
+        try:
+            loaded = await self.store.load_session(session_id, SEQ_BLOCK)
+            state = None
+            if loaded is not None:
+                record, queued = loaded
+                state = SessionState(record, queued, record.last_seq + SEQ_BLOCK)
+                self.sessions[session_id] = state
+            future.set_result(state)
+            return state
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved; waiters re-raise it
+            raise
+        finally:
+            del self._loading[session_id]
+
+    async def evict_idle(self, now: float | None = None) -> int:
+        """Forget idle sessions (no run, no queue, nothing to send, nothing to flush).
+
+        Their exact last seq is stored first, so a later load continues without a gap.
+        """
+        now = time.monotonic() if now is None else now
+        limit = self.settings.session_idle_evict_s
+        evicted = 0
+        for sid, state in list(self.sessions.items()):
+            if state.busy or sid in self.dirty or now - state.touched < limit:
+                continue
+            lock = self._locks.get(sid)
+            if lock is not None and lock.locked():
+                continue
+            seq = state.seq
+            await self.store.reserve_seq(sid, seq)
+            if state.busy or state.seq != seq or self.sessions.get(sid) is not state:
+                self.dirty.add(sid)  # it woke up meanwhile: restore its reservation
+                continue
+            del self.sessions[sid]
+            self._locks.pop(sid, None)
+            self.eventlog.drop(sid)
+            evicted += 1
+        for sid in [s for s, lock in self._locks.items()
+                    if s not in self.sessions and not lock.locked()]:
+            del self._locks[sid]
+        return evicted
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(self, state: SessionState, name: str, data: dict[str, Any]) -> None:
+        """Queue a session event; it is numbered and emitted in order by the sender."""
+        self._push(state, _Item("event", name, data))
+
+    async def publish_wait(
+        self, state: SessionState, name: str, data: dict[str, Any],
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Queue an event and wait until it was emitted (``before`` runs just before it)."""
+        done = asyncio.get_running_loop().create_future()
+        self._push(state, _Item("event", name, data, done=done, before=before))
+        await done
+
+    async def resume(self, state: SessionState, sid: str, last_seq: int | None) -> int:
+        """Join ``sid`` to the room and send it ``resumed`` (+ replayed events) in order."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._push(state, _Item("resume", sid=sid, last_seq=last_seq, done=done))
+        return await done
+
+    def _push(self, state: SessionState, item: _Item) -> None:
+        state.outbox.append(item)
+        state.touched = time.monotonic()
+        if state.sender is None:
+            state.sender = self.tasks.spawn(self._send_loop(state), name=f"sender:{state.id}")
+
+    async def _send_loop(self, state: SessionState) -> None:
+        try:
+            while state.outbox:
+                item = state.outbox.popleft()
+                try:
+                    if item.kind == "resume":
+                        result: Any = await self._answer_resume(state, item.sid, item.last_seq)
+                    else:
+                        if item.name == COALESCED:
+                            self._coalesce(state, item)
+                        if item.before is not None:
+                            await item.before()
+                        result = await self._emit(state, item.name, item.data)
+                except Exception as exc:
+                    log.exception("session %s: sending %s failed", state.id, item.name or "resume")
+                    if item.done is not None and not item.done.done():
+                        item.done.set_exception(exc)
+                    continue
+                if item.done is not None and not item.done.done():
+                    item.done.set_result(result)
+        finally:
+            state.sender = None
+            if state.outbox:  # cancelled with items left: never strand a waiter
+                for item in state.outbox:
+                    if item.done is not None and not item.done.done():
+                        item.done.cancel()
+                state.outbox.clear()
+
+    @staticmethod
+    def _coalesce(state: SessionState, item: _Item) -> None:
+        """Merge the deltas of the same run queued behind this one into it.
+
+        This is adaptive: deltas only accumulate while the sender is busy, so batches grow
+        exactly when the server falls behind, and a relaxed server sends every delta alone.
+        """
+        outbox = state.outbox
+        if not outbox or outbox[0].name != COALESCED:
+            return
+        run_id = item.data["run_id"]
+        parts = [item.data["delta"]]
+        while outbox and outbox[0].name == COALESCED and outbox[0].data["run_id"] == run_id \
+                and outbox[0].done is None:
+            parts.append(outbox.popleft().data["delta"])
+        item.data = {**item.data, "delta": "".join(parts)}
+
+    async def _emit(self, state: SessionState, name: str, data: dict[str, Any]) -> int:
+        if state.transcript is not None and data.get("run_id") == state.transcript.run_id:
+            await state.transcript.apply(name, data)
+        seq = state.seq + 1
+        if seq > state.seq_reserved:
+            ceiling = seq + SEQ_BLOCK
+            await self.store.reserve_seq(state.id, ceiling)
+            state.seq_reserved = ceiling
+        state.seq = seq
+        payload = {"event": name, "session_id": state.id, "seq": seq, **data}
+        self.eventlog.append(state.id, seq, _encode(payload))
+        if name in STATE_EVENTS:
+            state.state_events.append({"event": name, "data": payload})
+        self.dirty.add(state.id)
+        await self.emitter.to_room(state.id, name, payload)
+        return seq
+
+    # -- resume -------------------------------------------------------------------------------
+
+    def _resumed(self, state: SessionState | None, session_id: str, seq: int,
+                 messages: list[dict[str, Any]], replay: bool) -> dict[str, Any]:
+        active = state.active if state is not None else None
+        working = active is not None
+        return {
+            "event": "resumed",
+            "session_id": session_id,
+            "seq": seq,
+            "messages": messages,
+            "isWorking": working,
+            "isAborting": bool(active and active.aborting),
+            "events": list(state.state_events) if state is not None and working else [],
+            "inputTokens": state.input_tokens if state is not None else 0,
+            "outputTokens": state.output_tokens if state is not None else 0,
+            "queueLength": len(state.queue) if state is not None else 0,
+            "run_id": active.id if active is not None else None,
+            "queue": state.queue_payload() if state is not None else [],
+            "replay": replay,
+        }
+
+    async def resume_unknown(self, sid: str, session_id: str) -> int:
+        """``resume`` of a session that does not exist: an empty answer, nothing created."""
+        await self.emitter.to_socket(sid, "resumed", self._resumed(None, session_id, 0, [], False))
+        return 0
+
+    async def _answer_resume(self, state: SessionState, sid: str, last_seq: int | None) -> int:
+        replayed = (
+            self.eventlog.since(state.id, last_seq, state.seq) if last_seq is not None else None
+        )
+        if replayed is not None and last_seq is not None:
+            await self.emitter.join(sid, state.id)
+            await self.emitter.to_socket(
+                sid, "resumed", self._resumed(state, state.id, last_seq, [], True)
+            )
+            for encoded in replayed:
+                payload = json.loads(encoded)
+                await self.emitter.to_socket(sid, payload["event"], payload)
+            return last_seq
+        messages = await self.snapshot_messages(state)
+        await self.emitter.join(sid, state.id)
+        await self.emitter.to_socket(
+            sid, "resumed",
+            self._resumed(state, state.id, state.seq, [m.to_payload() for m in messages], False),
+        )
+        return state.seq
+
+    async def snapshot_messages(self, state: SessionState) -> list[MessageRecord]:
+        """The latest messages, with the in-flight ones as the events so far made them."""
+        records = await self.store.recent_messages(state.id, self.settings.resume_max_messages)
+        if state.transcript is not None:
+            drafts = state.transcript.by_id()
+            records = [drafts[r.id].record() if r.id in drafts else r for r in records]
+        return records

@@ -1,0 +1,180 @@
+"""Chatrun's settings: one frozen dataclass, built once from ``CHATRUN_*`` variables.
+
+Every field declares its environment variable and a one-line help text in its metadata; the
+README's settings table is checked against this declaration by the test suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.errors import ConfigError
+
+PREFIX = "CHATRUN_"
+UPSTREAM_KINDS = ("hermes", "openai", "lmstudio")
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "Address to listen on.")
+    port: int = _setting(8648, "TCP port to listen on (0 picks a free port).")
+    data_dir: Path = _setting(  # noqa: RUF009
+        Path("./data"), "Directory for the SQLite database and the generated auth token."
+    )
+    database_url: str = _setting(
+        "", "SQLAlchemy async database URL; default `sqlite+aiosqlite:///<data dir>/chatrun.db`."
+    )
+    auth_token: str = _setting(
+        "", "Token of the single user `default`; generated and stored in the data dir if unset."
+    )
+    auth_tokens: str = _setting(
+        "", "Several users as `alice=token1,bob=token2` (replaces `CHATRUN_AUTH_TOKEN`)."
+    )
+    auth_disabled: bool = _setting(
+        False, "`1` accepts any token as user `default` (local use only; logged loudly)."
+    )
+    upstream_kind: str = _setting(
+        "hermes", "Upstream of the default profile: `hermes`, `openai` or `lmstudio`."
+    )
+    upstream_url: str = _setting(
+        "http://127.0.0.1:8642",
+        "Upstream address: Hermes server root, OpenAI API base with `/v1`, or LM Studio host:port.",
+    )
+    upstream_api_key: str = _setting("", "Bearer key sent to the upstream (never logged).")
+    upstream_model: str = _setting("", "Model name sent to the upstream for the default profile.")
+    system_prompt: str = _setting("", "System prompt sent with every run (Hermes: instructions).")
+    flush_interval_ms: int = _setting(250, "Persistence batch interval for streamed text.")
+    abort_grace_ms: int = _setting(
+        5000, "How long an abort waits for the upstream to confirm the stop."
+    )
+    upstream_idle_timeout_s: float = _setting(
+        120.0, "A run with no upstream event for this long fails with `upstream_timeout`."
+    )
+    upstream_connect_timeout_s: float = _setting(
+        10.0, "Timeout for connecting to the upstream and for its answer to a run request."
+    )
+    upstream_retry_backoff_ms: int = _setting(
+        500, "Pause before the single retry of a run request refused with 429/5xx or no connection."
+    )
+    max_input_chars: int = _setting(
+        1_000_000, "Largest accepted run input (and instructions), in characters."
+    )
+    max_content_blocks: int = _setting(64, "Most content blocks accepted in one run input.")
+    max_queue_depth: int = _setting(20, "Most queued runs per session (`queue_full` beyond).")
+    retained_events: int = _setting(
+        5000, "Events kept per session in memory for replay-mode resume."
+    )
+    resume_max_messages: int = _setting(500, "Most messages sent in a snapshot `resumed`.")
+    session_idle_evict_s: float = _setting(
+        600.0, "Idle sessions (no run, no queue) leave memory after this long."
+    )
+    log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``CHATRUN_*`` variables; unknown or malformed values raise."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = env_name(f.name)
+            if name in environ:
+                values[f.name] = _parse(f, environ[name])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.upstream_kind not in UPSTREAM_KINDS:
+            raise ConfigError(
+                f"CHATRUN_UPSTREAM_KIND must be one of {', '.join(UPSTREAM_KINDS)}, "
+                f"not {self.upstream_kind!r}"
+            )
+        for name in ("flush_interval_ms", "max_input_chars", "max_content_blocks",
+                     "retained_events", "resume_max_messages"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be positive")
+        for name in ("abort_grace_ms", "max_queue_depth", "upstream_retry_backoff_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{env_name(name)} must not be negative")
+        for name in ("upstream_idle_timeout_s", "upstream_connect_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("CHATRUN_PORT must be between 0 and 65535")
+        if self.auth_tokens:
+            parse_user_tokens(self.auth_tokens)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve()}/chatrun.db"
+
+    @property
+    def flush_interval(self) -> float:
+        return self.flush_interval_ms / 1000
+
+    @property
+    def abort_grace(self) -> float:
+        return self.abort_grace_ms / 1000
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def setting_docs() -> list[tuple[str, str, str]]:
+    """``(variable, default, help)`` for every setting, in declaration order."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = ("1" if default else "0") if isinstance(default, bool) else str(default)
+        rows.append((env_name(f.name), shown, f.metadata["help"]))
+    return rows
+
+
+def parse_user_tokens(spec: str) -> dict[str, str]:
+    """Parse ``alice=token1,bob=token2`` into ``{name: token}``."""
+    users: dict[str, str] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, token = item.partition("=")
+        name, token = name.strip(), token.strip()
+        if not sep or not name or not token:
+            raise ConfigError("CHATRUN_AUTH_TOKENS must look like `alice=token1,bob=token2`")
+        if name in users:
+            raise ConfigError(f"CHATRUN_AUTH_TOKENS names user {name!r} twice")
+        users[name] = token
+    if not users:
+        raise ConfigError("CHATRUN_AUTH_TOKENS is set but names no user")
+    return users
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind: type = type(f.default)
+    name = env_name(f.name)
+    raw = raw.strip()
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if issubclass(kind, Path):
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
+    return raw

@@ -1,0 +1,1 @@
+"""Upstream adapters: each turns one upstream's wire protocol into the same run events."""

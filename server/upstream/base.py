@@ -1,0 +1,122 @@
+"""What every upstream adapter provides, and the internal run events they produce."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """One upstream profile: where runs of connections using this profile go."""
+
+    name: str
+    kind: str
+    url: str
+    api_key: str = field(default="", repr=False)
+    model: str = ""
+
+    @property
+    def masked_key(self) -> str:
+        if not self.api_key:
+            return ""
+        return "…" + self.api_key[-4:] if len(self.api_key) > 8 else "****"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """Everything an adapter needs to start one run."""
+
+    session_id: str
+    input: str | list[dict[str, str]]
+    history: list[tuple[str, str]]  # (role, content) user/assistant turns, oldest first
+    instructions: str | None
+    model: str | None
+
+
+# -- run events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStarted:
+    tool: str
+    preview: str = ""
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCompleted:
+    tool: str
+    duration: float | None = None
+    error: bool = False
+    output: str | None = None
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    """An upstream event forwarded to clients as it came (``reasoning.available``, …)."""
+
+    name: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    output: str | None = None
+    usage: dict[str, int] | None = None
+    finish_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The upstream confirmed that the run stopped."""
+
+
+UpstreamEvent = (
+    TextDelta | ReasoningDelta | ToolStarted | ToolCompleted | Passthrough | Completed | Cancelled
+)
+TERMINAL = (Completed, Cancelled)
+
+
+class UpstreamRun(Protocol):
+    """A run the upstream accepted."""
+
+    upstream_run_id: str | None
+
+    def events(self) -> AsyncIterator[UpstreamEvent]:
+        """The run's events; ends after a terminal event. Raises ``UpstreamError``."""
+        ...
+
+    async def stop(self) -> bool:
+        """Ask the upstream to stop; True when it accepted the request."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection (idempotent)."""
+        ...
+
+
+class Upstream(Protocol):
+    config: UpstreamConfig
+
+    async def start(self, request: UpstreamRequest) -> UpstreamRun:
+        """Start a run; raises ``UpstreamError`` when the upstream does not accept it."""
+        ...
+
+    async def health(self) -> str:
+        """``ready`` or ``unreachable`` (one quick request)."""
+        ...

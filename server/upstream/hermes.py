@@ -1,0 +1,330 @@
+"""The Hermes agent runs API: ``POST /v1/runs``, its SSE event stream, and ``/stop``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeGuard
+
+import aiohttp
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from server.errors import UpstreamCode, UpstreamError
+from server.events import input_text
+from server.upstream.base import (
+    Cancelled,
+    Completed,
+    Passthrough,
+    ReasoningDelta,
+    TextDelta,
+    ToolCompleted,
+    ToolStarted,
+    UpstreamConfig,
+    UpstreamEvent,
+    UpstreamRequest,
+)
+
+log = logging.getLogger("chatrun.upstream.hermes")
+
+# Events of our own protocol that an upstream must never be able to inject.
+RESERVED_EVENTS = frozenset(
+    {
+        "run.queued", "run.started", "usage.updated", "resumed", "abort.started",
+        "abort.completed", "compression.started", "compression.completed", "message.delta",
+        "reasoning.delta", "tool.started", "tool.completed", "run.completed", "run.failed",
+        "run.cancelled", "connect", "disconnect", "context.chunking",
+    }
+)
+MAX_ERROR_BODY = 300
+
+
+def http_error(status: int, body: str, what: str) -> UpstreamError:
+    """Translate an HTTP error answer of the upstream into an ``UpstreamError``."""
+    detail = _error_detail(body)
+    suffix = f": {detail}" if detail else ""
+    if status in (401, 403):
+        return UpstreamError(
+            f"The upstream refused the API key ({status}){suffix}. "
+            "Check the upstream API key setting.",
+            UpstreamCode.AUTH,
+        )
+    if status == 404:
+        return UpstreamError(
+            f"The upstream has no {what} ({status}){suffix}. Check the upstream URL.",
+            UpstreamCode.NOT_FOUND,
+        )
+    if status == 429:
+        return UpstreamError(
+            f"The upstream is busy (429){suffix}", UpstreamCode.RATE_LIMITED, retryable=True
+        )
+    return UpstreamError(
+        f"Upstream {status}{suffix}", UpstreamCode.ERROR, retryable=status >= 500
+    )
+
+
+def _error_detail(body: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.strip()[:MAX_ERROR_BODY]
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:MAX_ERROR_BODY]
+        if isinstance(error, str):
+            return error[:MAX_ERROR_BODY]
+    return body.strip()[:MAX_ERROR_BODY]
+
+
+def transport_error(exc: httpx.HTTPError, url: str) -> UpstreamError:
+    """Translate an httpx transport error; only pre-send failures are retryable."""
+    cause = exc.__cause__
+    connect_failed = isinstance(exc, httpx.ConnectError) or isinstance(
+        cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+    )
+    if connect_failed:
+        return UpstreamError(
+            f"Cannot reach the upstream at {url} ({type(exc).__name__}). "
+            "Check that it is running and that the upstream URL is right.",
+            UpstreamCode.UNAVAILABLE,
+            retryable=True,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(
+            f"The upstream at {url} did not answer in time", UpstreamCode.TIMEOUT
+        )
+    return UpstreamError(
+        f"The connection to the upstream broke ({type(exc).__name__})",
+        UpstreamCode.DISCONNECTED,
+    )
+
+
+class HermesUpstream:
+    kind = "hermes"
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        client: httpx.AsyncClient,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        retry_backoff: float,
+    ) -> None:
+        self.config = config
+        self._client = client
+        self._base = config.url.rstrip("/")
+        self._timeout = httpx.Timeout(
+            connect=connect_timeout, read=connect_timeout, write=connect_timeout,
+            pool=connect_timeout,
+        )
+        self._stream_timeout = httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=connect_timeout,
+            pool=connect_timeout,
+        )
+        self._retry_backoff = retry_backoff
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
+    def request_body(self, request: UpstreamRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "input": request.input if isinstance(request.input, str)
+            else input_text(request.input),
+            "conversation_history": [
+                {"role": role, "content": content} for role, content in request.history
+            ],
+            "session_id": request.session_id,
+        }
+        if request.instructions:
+            body["instructions"] = request.instructions
+        model = request.model or self.config.model
+        if model:
+            body["model"] = model
+        return body
+
+    async def start(self, request: UpstreamRequest) -> HermesRun:
+        body = self.request_body(request)
+        url = f"{self._base}/v1/runs"
+        try:
+            return await self._post_run(url, body)
+        except UpstreamError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("run request to %s failed (%s); retrying once", url, exc.code)
+        await asyncio.sleep(self._retry_backoff)
+        return await self._post_run(url, body)
+
+    async def _post_run(self, url: str, body: dict[str, Any]) -> HermesRun:
+        try:
+            response = await self._client.post(
+                url, json=body, headers=self._headers(), timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._base) from None
+        if response.status_code not in (200, 201, 202):
+            raise http_error(response.status_code, response.text, "runs API (/v1/runs)")
+        try:
+            data = response.json()
+            run_id = data["run_id"]
+            if not isinstance(run_id, str) or not run_id:
+                raise ValueError("run_id")
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamError(
+                "The upstream accepted the run but sent no run_id", UpstreamCode.PROTOCOL
+            ) from None
+        return HermesRun(self, run_id)
+
+    async def health(self) -> str:
+        try:
+            response = await self._client.get(
+                f"{self._base}/health", headers=self._headers(), timeout=self._timeout
+            )
+        except httpx.HTTPError:
+            return "unreachable"
+        return "ready" if response.status_code == 200 else "unreachable"
+
+
+class HermesRun:
+    def __init__(self, upstream: HermesUpstream, run_id: str) -> None:
+        self._upstream = upstream
+        self.upstream_run_id: str | None = run_id
+        self._closed = False
+
+    async def events(self) -> AsyncIterator[UpstreamEvent]:
+        up = self._upstream
+        url = f"{up._base}/v1/runs/{self.upstream_run_id}/events"
+        try:
+            async with aconnect_sse(
+                up._client, "GET", url, headers=up._headers(), timeout=up._stream_timeout
+            ) as source:
+                response = source.response
+                if response.status_code != 200:
+                    await response.aread()
+                    raise http_error(response.status_code, response.text, "event stream")
+                async for sse in source.aiter_sse():
+                    if not sse.data:
+                        continue
+                    event = parse_event(sse.data)
+                    if event is None:
+                        continue
+                    yield event
+                    if isinstance(event, (Completed, Cancelled)):
+                        return
+        except SSEError as exc:
+            raise UpstreamError(f"The upstream event stream is not SSE: {exc}",
+                                UpstreamCode.PROTOCOL) from None
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, up._base) from None
+        raise UpstreamError(
+            "The upstream event stream ended before the run finished",
+            UpstreamCode.DISCONNECTED,
+        )
+
+    async def stop(self) -> bool:
+        up = self._upstream
+        try:
+            response = await up._client.post(
+                f"{up._base}/v1/runs/{self.upstream_run_id}/stop",
+                headers=up._headers(),
+                timeout=up._timeout,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("stop request for %s failed: %s", self.upstream_run_id,
+                        type(exc).__name__)
+            return False
+        return response.status_code == 200
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+
+def parse_event(data: str) -> UpstreamEvent | None:
+    """Map one Hermes SSE ``data:`` frame to a run event (None: nothing to forward)."""
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        raise UpstreamError(
+            f"The upstream sent a malformed event: {data[:80]!r}", UpstreamCode.PROTOCOL
+        ) from None
+    if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
+        raise UpstreamError(
+            f"The upstream sent an event without a name: {data[:80]!r}", UpstreamCode.PROTOCOL
+        )
+    name = frame["event"]
+    try:
+        if name == "message.delta":
+            delta = frame.get("delta")
+            if not isinstance(delta, str):
+                raise TypeError("delta")
+            timestamp = frame.get("timestamp")
+            return TextDelta(delta, float(timestamp) if _number(timestamp) else None)
+        if name in ("reasoning.delta", "thinking.delta"):
+            value = frame.get("text", frame.get("delta"))
+            return ReasoningDelta(value) if isinstance(value, str) and value else None
+        if name == "tool.started":
+            return ToolStarted(
+                tool=str(frame.get("tool") or frame.get("name") or "tool"),
+                preview=str(frame.get("preview") or ""),
+                tool_call_id=_opt_str(frame.get("tool_call_id")),
+            )
+        if name == "tool.completed":
+            duration = frame.get("duration")
+            output = frame.get("output", frame.get("result"))
+            return ToolCompleted(
+                tool=str(frame.get("tool") or frame.get("name") or "tool"),
+                duration=float(duration) if _number(duration) else None,
+                error=frame.get("error") is True,
+                output=output if isinstance(output, str) else None,
+                tool_call_id=_opt_str(frame.get("tool_call_id")),
+            )
+        if name == "run.completed":
+            output = frame.get("output")
+            return Completed(
+                output=output if isinstance(output, str) else None,
+                usage=_usage(frame.get("usage")),
+                finish_reason=_opt_str(frame.get("finish_reason")),
+            )
+        if name == "run.failed":
+            error = frame.get("error")
+            raise UpstreamError(
+                str(error) if error else "The upstream reported a failed run",
+                UpstreamCode.ERROR,
+            )
+        if name == "run.cancelled":
+            return Cancelled()
+    except (TypeError, ValueError):
+        raise UpstreamError(
+            f"The upstream sent a malformed {name} event", UpstreamCode.PROTOCOL
+        ) from None
+    if name in RESERVED_EVENTS:
+        return None
+    data_out = {k: v for k, v in frame.items() if k not in ("event", "run_id", "session_id", "seq")}
+    return Passthrough(name, data_out)
+
+
+def _number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _usage(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    usage = {}
+    for key in ("input_tokens", "output_tokens", "total_tokens"):
+        item = value.get(key)
+        if _number(item):
+            usage[key] = int(item)
+    if usage and "total_tokens" not in usage:
+        usage["total_tokens"] = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+    return usage or None

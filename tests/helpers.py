@@ -1,0 +1,181 @@
+"""Test helpers: a real Chatrun server on a real port, and recording Socket.IO tabs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from server.app import CHATRUN, Chatrun, create_app
+from server.settings import Settings
+
+NS = "/chat-run"
+TOKEN = "test-token-alice"
+BOB_TOKEN = "test-token-bob"
+
+
+def make_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Settings:
+    base = dict(
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        auth_tokens=f"alice={TOKEN},bob={BOB_TOKEN}",
+        upstream_url=upstream_url,
+        flush_interval_ms=50,
+        abort_grace_ms=2000,
+        upstream_idle_timeout_s=5.0,
+        upstream_connect_timeout_s=3.0,
+        upstream_retry_backoff_ms=50,
+        session_idle_evict_s=600.0,
+    )
+    base.update(overrides)
+    return Settings(**base)
+
+
+class ChatrunServer:
+    """The real app on a real port; ``restart`` keeps the data directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def app(self) -> Chatrun:
+        assert self.runner is not None
+        return self.runner.app[CHATRUN]
+
+    async def start(self) -> None:
+        app = create_app(self.settings)
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def restart(self, **overrides: Any) -> None:
+        await self.stop()
+        if overrides:
+            self.settings = dataclasses.replace(self.settings, **overrides)
+        await self.start()
+
+    def db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.settings.data_dir / "chatrun.db")
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        conn = self.db()
+        try:
+            return list(conn.execute(sql, params))
+        finally:
+            conn.close()
+
+
+class Tab:
+    """One browser tab: a real Socket.IO client that records every event it receives."""
+
+    def __init__(self, url: str, token: str = TOKEN, profile: str | None = None) -> None:
+        self.url = url
+        self.token = token
+        self.profile = profile
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._changed = asyncio.Condition()
+        self.sio.on("*", self._on_any, namespace=NS)
+
+    async def _on_any(self, event: str, data: Any = None) -> None:
+        self.events.append((event, data))
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def connect(self) -> None:
+        url = self.url + (f"?profile={self.profile}" if self.profile else "")
+        await self.sio.connect(url, auth={"token": self.token}, namespaces=[NS],
+                               transports=["websocket"], wait_timeout=5)
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+        await self.sio.shutdown() if hasattr(self.sio, "shutdown") else None
+
+    async def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
+        if data is None:
+            return await self.sio.call(event, namespace=NS, timeout=timeout)
+        return await self.sio.call(event, data, namespace=NS, timeout=timeout)
+
+    async def wait_for(self, predicate: Callable[[list[tuple[str, dict[str, Any]]]], Any],
+                       timeout: float = 10) -> Any:
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                while True:
+                    result = predicate(self.events)
+                    if result:
+                        return result
+                    await self._changed.wait()
+
+    async def wait_event(self, name: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
+        def find(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+            for ev, data in events:
+                if ev == name and all(data.get(k) == v for k, v in match.items()):
+                    return data
+            return None
+        result: dict[str, Any] = await self.wait_for(find, timeout)
+        return result
+
+    def named(self, name: str, session_id: str | None = None) -> list[dict[str, Any]]:
+        return [d for e, d in self.events
+                if e == name and (session_id is None or d.get("session_id") == session_id)]
+
+    def text(self, run_id: str) -> str:
+        return "".join(d["delta"] for e, d in self.events
+                       if e == "message.delta" and d["run_id"] == run_id)
+
+    def seqs(self, session_id: str) -> list[int]:
+        return [d["seq"] for e, d in self.events
+                if isinstance(d, dict) and d.get("session_id") == session_id and "seq" in d
+                and e != "resumed"]
+
+
+class Transcript:
+    """What a client reconstructs: snapshot + events with seq above the last applied."""
+
+    def __init__(self, resumed: dict[str, Any]) -> None:
+        self.last_seq = resumed["seq"]
+        self.text_by_run: dict[str, str] = {}
+        for m in resumed["messages"]:
+            if m["role"] == "assistant" and m.get("run_id"):
+                self.text_by_run[m["run_id"]] = self.text_by_run.get(m["run_id"], "") + m["content"]
+        self.applied: list[int] = []
+
+    def apply(self, events: list[tuple[str, dict[str, Any]]], session_id: str) -> None:
+        for name, data in events:
+            if name == "resumed" or not isinstance(data, dict):
+                continue
+            if data.get("session_id") != session_id or "seq" not in data:
+                continue
+            if data["seq"] <= self.last_seq:
+                continue
+            assert data["seq"] == self.last_seq + 1, f"gap: {self.last_seq} -> {data['seq']}"
+            self.last_seq = data["seq"]
+            self.applied.append(data["seq"])
+            if name == "message.delta":
+                rid = data["run_id"]
+                self.text_by_run[rid] = self.text_by_run.get(rid, "") + data["delta"]

@@ -1,0 +1,105 @@
+"""The project's declarations agree with each other: README ↔ Settings, models ↔ migrations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from db.models import Base
+from db.store import Store
+from server.errors import ConfigError
+from server.settings import Settings, setting_docs
+from tests.helpers import ChatrunServer
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL_SETTINGS = [
+    "CHATRUN_HOST", "CHATRUN_PORT", "CHATRUN_DATA_DIR", "CHATRUN_DATABASE_URL",
+    "CHATRUN_AUTH_TOKEN", "CHATRUN_AUTH_TOKENS", "CHATRUN_AUTH_DISABLED",
+    "CHATRUN_UPSTREAM_KIND", "CHATRUN_UPSTREAM_URL", "CHATRUN_UPSTREAM_API_KEY",
+    "CHATRUN_UPSTREAM_MODEL", "CHATRUN_FLUSH_INTERVAL_MS",
+]
+
+
+def readme_settings() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(CHATRUN_[A-Z_]+)` \| `([^`]*)` \|", text, flags=re.M)
+    return dict(rows)
+
+
+def test_readme_settings_table_matches_settings() -> None:
+    documented = readme_settings()
+    declared = {name: default for name, default, _ in setting_docs()}
+    assert documented == declared
+
+
+def test_protocol_settings_exist_with_protocol_defaults() -> None:
+    declared = {name: default for name, default, _ in setting_docs()}
+    for name in PROTOCOL_SETTINGS:
+        assert name in declared
+    assert declared["CHATRUN_HOST"] == "127.0.0.1" and declared["CHATRUN_PORT"] == "8648"
+    assert declared["CHATRUN_FLUSH_INTERVAL_MS"] == "250"
+    assert declared["CHATRUN_UPSTREAM_KIND"] == "hermes"
+    assert declared["CHATRUN_UPSTREAM_URL"] == "http://127.0.0.1:8642"
+
+
+def test_settings_from_env_parse_and_reject_bad_values() -> None:
+    s = Settings.from_env({"CHATRUN_PORT": "9000", "CHATRUN_AUTH_DISABLED": "1",
+                           "CHATRUN_DATA_DIR": "/tmp/x", "UNRELATED": "y"})
+    assert s.port == 9000 and s.auth_disabled is True and str(s.data_dir) == "/tmp/x"
+    assert s.resolved_database_url == "sqlite+aiosqlite:////tmp/x/chatrun.db"
+    for env in ({"CHATRUN_PORT": "abc"}, {"CHATRUN_UPSTREAM_KIND": "nope"},
+                {"CHATRUN_AUTH_DISABLED": "maybe"}, {"CHATRUN_AUTH_TOKENS": "alice"},
+                {"CHATRUN_FLUSH_INTERVAL_MS": "0"}, {"CHATRUN_AUTH_TOKENS": "a=1,a=2"}):
+        with pytest.raises(ConfigError):
+            Settings.from_env(env)
+
+
+async def test_models_match_the_migrated_schema(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/schema.db")
+    await store.open()
+
+    def diff(conn: Connection) -> list[object]:
+        return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+
+    try:
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(diff) == []
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
+
+
+async def test_healthz_reports_database_and_upstream(server: ChatrunServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/healthz") as response:
+            assert response.status == 200
+            body = await response.json()
+    assert body["status"] == "ok" and body["database"] == "ok"
+    assert body["upstreams"]["default"]["kind"] == "hermes"
+    assert body["upstreams"]["default"]["state"] in ("ready", "unreachable")
+
+
+async def test_generated_token_is_stored_in_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings(port=0, data_dir=tmp_path / "d")
+    srv = ChatrunServer(settings)
+    await srv.start()
+    try:
+        token_file = tmp_path / "d" / "auth_token"
+        token = token_file.read_text().strip()
+        assert len(token) == 64 and oct(token_file.stat().st_mode & 0o777) == "0o600"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(srv.url + "/healthz") as response:
+                assert response.status == 200
+    finally:
+        await srv.stop()
+    # the same token is kept across restarts
+    srv = ChatrunServer(settings)
+    await srv.start()
+    await srv.stop()
+    assert token_file.read_text().strip() == token

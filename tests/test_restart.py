@@ -1,0 +1,151 @@
+"""Runs in flight when the server stops end ``interrupted`` with their text; queues go on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fakes.hermes import FakeHermes, FakeRun
+from tests.helpers import TOKEN, ChatrunServer, Tab
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def first_streams_forever(run: FakeRun) -> None:
+    if run.body["input"] == "first":
+        await run.delta("partial ")
+        await run.delta("text")
+        await run.hang()
+    await run.delta(f"answer to {run.body['input']}")
+    await run.complete()
+
+
+async def test_restart_mid_run_interrupts_it_and_runs_the_next_queued(
+    server: ChatrunServer, hermes: FakeHermes
+) -> None:
+    hermes.script = first_streams_forever
+    tab = Tab(server.url)
+    await tab.connect()
+    first = await tab.call("run", {"session_id": "rs", "input": "first"})
+    second = await tab.call("run", {"session_id": "rs", "input": "second"})
+    await tab.wait_for(lambda ev: tab.text(first["run_id"]) == "partial text")
+    await server.stop()
+    await tab.close()
+    # the stop asked the upstream to stop the orphaned run
+    assert hermes.stop_calls == [hermes.runs[next(iter(hermes.runs))].run_id]
+
+    await server.start()
+    await _wait_for_status(server, second["run_id"], "completed")
+    runs = {r["id"]: r for r in server.query("SELECT id, status, error_code FROM runs")}
+    assert runs[first["run_id"]]["status"] == "interrupted"
+    assert runs[first["run_id"]]["error_code"] == "interrupted"
+    messages = server.query(
+        "SELECT role, content, status, run_id FROM messages ORDER BY id")
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "first", "complete"),
+        ("assistant", "partial text", "interrupted"),
+        ("user", "second", "complete"),
+        ("assistant", "answer to second", "complete"),
+    ]
+    # the new run's history holds the interrupted partial answer
+    assert hermes.requests[-1]["conversation_history"] == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "partial text"},
+    ]
+
+
+async def _wait_for_status(server: ChatrunServer, run_id: str, status: str) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            rows = server.query("SELECT status FROM runs WHERE id = ?", run_id)
+            if rows and rows[0]["status"] == status:
+                return
+            await asyncio.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _start_process(data_dir: Path, upstream: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CHATRUN_DATA_DIR": str(data_dir), "CHATRUN_PORT": str(port),
+           "CHATRUN_AUTH_TOKEN": TOKEN, "CHATRUN_UPSTREAM_URL": upstream,
+           "CHATRUN_FLUSH_INTERVAL_MS": "100"}
+    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                await writer.wait_closed()
+                return proc
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                await asyncio.sleep(0.1)
+
+
+async def test_sigkill_mid_stream_keeps_the_delivered_text(
+    tmp_path: Path, hermes: FakeHermes
+) -> None:
+    hermes.script = first_streams_forever
+    port = _free_port()
+    data_dir = tmp_path / "data"
+    proc = await _start_process(data_dir, hermes.url, port)
+    try:
+        tab = Tab(f"http://127.0.0.1:{port}")
+        await tab.connect()
+        first = await tab.call("run", {"session_id": "kill", "input": "first"})
+        second = await tab.call("run", {"session_id": "kill", "input": "second"})
+        await tab.wait_for(lambda ev: tab.text(first["run_id"]) == "partial text")
+        seen_seq = max(tab.seqs("kill"))
+        await asyncio.sleep(0.3)  # more than one flush interval
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        await tab.close()
+
+        db = sqlite3.connect(data_dir / "chatrun.db")
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        row = db.execute("SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'",
+                         (first["run_id"],)).fetchone()
+        assert row[0] == "partial text"
+        db.close()
+
+        proc = await _start_process(data_dir, hermes.url, port)
+        tab = Tab(f"http://127.0.0.1:{port}")
+        await tab.connect()
+        resumed_seq = (await tab.call("resume", {"session_id": "kill"}))["seq"]
+        assert resumed_seq >= seen_seq  # never goes back
+        db = sqlite3.connect(data_dir / "chatrun.db")
+        async with asyncio.timeout(10):
+            while db.execute("SELECT status FROM runs WHERE id = ?",
+                             (second["run_id"],)).fetchone()[0] != "completed":
+                await asyncio.sleep(0.05)
+        status = db.execute("SELECT status FROM runs WHERE id = ?",
+                            (first["run_id"],)).fetchone()[0]
+        assert status == "interrupted"
+        msg = db.execute("SELECT content, status FROM messages WHERE run_id = ? "
+                         "AND role = 'assistant'", (first["run_id"],)).fetchone()
+        assert tuple(msg) == ("partial text", "interrupted")
+        db.close()
+        # events after the restart continue above every seq a client saw before the crash
+        after = await tab.call("resume", {"session_id": "kill"})
+        assert after["seq"] > seen_seq
+        assert tab.named("resumed")[-1]["messages"][-1]["content"] == "answer to second"
+        await tab.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.stderr:
+            proc.stderr.close()

@@ -1,0 +1,136 @@
+"""A run streams to every tab in the session's room, numbered, and lands in the database."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import TabFactory
+from tests.fakes.hermes import FakeHermes, FakeRun
+from tests.helpers import ChatrunServer, Tab
+
+WORDS = [f"w{i} " for i in range(40)]
+
+
+async def stream_words(run: FakeRun) -> None:
+    for word in WORDS:
+        await run.delta(word)
+        await asyncio.sleep(0.005)
+    await run.complete(usage={"input_tokens": 12, "output_tokens": 40, "total_tokens": 52})
+
+
+async def test_run_streams_to_two_tabs_with_consecutive_seq(
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    hermes.script = stream_words
+    first, second = await tab_factory(), await tab_factory()
+    resumed = await second.call("resume", {"session_id": "s1"})
+    assert resumed == {"ok": True, "seq": 0}
+
+    ack = await first.call("run", {"session_id": "s1", "input": "Hi there", "queue_id": "q1"})
+    assert ack["ok"] is True and ack["queued"] is False and ack["position"] == 0
+    assert ack["run_id"].startswith("run_") and len(ack["run_id"]) == 36
+    run_id = ack["run_id"]
+    # the second tab resumed before the session existed, so it is not in the room: it joins now
+    await second.call("resume", {"session_id": "s1"})
+
+    for tab in (first, second):
+        done = await tab.wait_event("run.completed", run_id=run_id)
+        assert done["output"] == "".join(WORDS)
+        assert done["usage"] == {"input_tokens": 12, "output_tokens": 40, "total_tokens": 52}
+        assert done["queue_remaining"] == 0
+        assert done["finish_reason"] == "stop"
+
+    names = [e for e, d in first.events if d.get("session_id") == "s1"]
+    assert names.count("run.started") == 1
+    assert names[names.index("run.completed") - 1] == "usage.updated"
+    assert first.text(run_id) == "".join(WORDS)
+    seqs = first.seqs("s1")
+    assert seqs == list(range(1, len(seqs) + 1))
+    started = first.named("run.started")[0]
+    assert started["run_id"] == run_id and started["status"] == "started"
+    assert started["queue_id"] == "q1" and started["queue_length"] == 0
+    for name, data in first.events:
+        if name == "message.delta":
+            assert isinstance(data["timestamp"], float)
+
+    # the second tab sees a contiguous suffix ending at the same seq, with the same text
+    assert second.seqs("s1")[-1] == seqs[-1]
+    usage = first.named("usage.updated")[-1]
+    assert usage["inputTokens"] == 12 and usage["outputTokens"] == 40
+
+    await asyncio.sleep(0.15)  # one flush interval
+    rows = server.query("SELECT role, content, status, run_id FROM messages ORDER BY id")
+    assert [(r["role"], r["content"], r["status"]) for r in rows] == [
+        ("user", "Hi there", "complete"),
+        ("assistant", "".join(WORDS), "complete"),
+    ]
+    run = server.query("SELECT status, upstream_run_id, usage FROM runs WHERE id = ?", run_id)[0]
+    assert run["status"] == "completed" and run["upstream_run_id"].startswith("run_")
+    session = server.query("SELECT title, last_seq FROM sessions WHERE id = 's1'")[0]
+    assert session["title"] == "Hi there"
+
+
+async def test_history_and_session_id_are_sent_upstream(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    first = await tab.call("run", {"session_id": "hist", "input": "one"})
+    await tab.wait_event("run.completed", run_id=first["run_id"])
+    second = await tab.call("run", {
+        "session_id": "hist",
+        "input": [{"type": "text", "text": "two"},
+                  {"type": "file", "name": "a.txt", "path": "/uploads/a.txt"}],
+        "instructions": "be brief", "model": "m1",
+    })
+    await tab.wait_event("run.completed", run_id=second["run_id"])
+    body = hermes.requests[-1]
+    assert body["session_id"] == "hist"
+    assert body["input"] == "two\n\n[Attached file: a.txt (/uploads/a.txt)]"
+    assert body["instructions"] == "be brief"
+    assert body["model"] == "m1"
+    assert body["conversation_history"] == [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "Hello from the fake Hermes agent."},
+    ]
+
+
+async def test_tool_activity_is_kept_apart_from_the_answer(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    async def with_tool(run: FakeRun) -> None:
+        await run.delta("Let me look.")
+        await run.tool_started("web_search", "chatrun")
+        await run.tool_completed("web_search", 0.25)
+        await run.reasoning("thinking about it")
+        await run.delta("\n\nFound it.")
+        await run.complete()
+
+    hermes.script = with_tool
+    ack = await tab.call("run", {"session_id": "tools", "input": "search"})
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
+    started = tab.named("tool.started")[0]
+    completed = tab.named("tool.completed")[0]
+    assert started["tool"] == started["name"] == "web_search"
+    assert started["preview"] == "chatrun"
+    assert completed["tool_call_id"] == started["tool_call_id"]
+    assert completed["duration"] == 0.25 and completed["error"] is False
+    assert tab.named("reasoning.available")[0]["text"] == "thinking about it"
+
+    resumed_ack = await tab.call("resume", {"session_id": "tools"})
+    resumed = tab.named("resumed")[-1]
+    assert resumed_ack["seq"] == resumed["seq"]
+    roles = [(m["role"], m["content"]) for m in resumed["messages"]]
+    assert roles == [
+        ("user", "search"),
+        ("assistant", "Let me look."),
+        ("tool", ""),
+        ("assistant", "\n\nFound it."),
+    ]
+    call = resumed["messages"][1]["tool_calls"][0]
+    assert call["id"] == started["tool_call_id"]
+    assert call["function"]["name"] == "web_search"
+    assert resumed["messages"][2]["tool_call_id"] == started["tool_call_id"]
+    # tool activity never goes upstream as a user turn
+    second = await tab.call("run", {"session_id": "tools", "input": "again"})
+    await tab.wait_event("run.completed", run_id=second["run_id"])
+    history = hermes.requests[-1]["conversation_history"]
+    assert [h["role"] for h in history] == ["user", "assistant", "assistant"]

@@ -1,0 +1,196 @@
+"""Upstream failures end the run with one clear ``run.failed``, keeping any text."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from tests.fakes.hermes import FakeHermes, FakeRun
+from tests.helpers import ChatrunServer, Tab
+
+TERMINALS = ("run.completed", "run.failed", "run.cancelled")
+
+
+def terminals(tab: Tab, run_id: str) -> list[str]:
+    return [e for e, d in tab.events if e in TERMINALS and d.get("run_id") == run_id]
+
+
+async def fail_case(tab: Tab, session_id: str) -> dict[str, object]:
+    ack = await tab.call("run", {"session_id": session_id, "input": "go"})
+    assert ack["ok"] is True
+    failed = await tab.wait_event("run.failed", run_id=ack["run_id"])
+    await asyncio.sleep(0.05)
+    assert terminals(tab, ack["run_id"]) == ["run.failed"]
+    assert failed["queue_remaining"] == 0
+    failed["_run_id"] = ack["run_id"]
+    return failed
+
+
+async def test_upstream_500_is_retried_once_then_fails(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    hermes.post_statuses = [500, 500]
+    failed = await fail_case(tab, "e500")
+    assert failed["code"] == "upstream_error"
+    assert "500" in str(failed["error"])
+    assert len(hermes.requests) == 2 and not hermes.runs
+    assert tab.named("run.started") == []
+
+
+async def test_upstream_500_then_success_runs_once(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    hermes.post_statuses = [503]
+    ack = await tab.call("run", {"session_id": "retry", "input": "go"})
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
+    assert len(hermes.requests) == 2 and len(hermes.runs) == 1
+
+
+async def test_upstream_429_twice_fails_as_rate_limited(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    hermes.post_statuses = [429, 429]
+    failed = await fail_case(tab, "e429")
+    assert failed["code"] == "upstream_rate_limited"
+    assert len(hermes.requests) == 2
+
+
+async def test_upstream_401_is_not_retried(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    hermes.post_statuses = [401]
+    failed = await fail_case(tab, "e401")
+    assert failed["code"] == "upstream_auth"
+    assert len(hermes.requests) == 1
+
+
+async def test_connection_refused_fails_fast_with_a_helpful_message(
+    server: ChatrunServer, hermes: FakeHermes
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await server.restart(upstream_url=f"http://127.0.0.1:{port}")
+    tab = Tab(server.url)
+    await tab.connect()
+    try:
+        failed = await fail_case(tab, "refused")
+        assert failed["code"] == "upstream_unavailable"
+        assert f"127.0.0.1:{port}" in str(failed["error"])
+    finally:
+        await tab.close()
+
+
+async def test_dropped_stream_fails_and_keeps_the_text(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    async def script(run: FakeRun) -> None:
+        await run.delta("half an ")
+        await run.delta("answer")
+        await asyncio.sleep(0.05)
+        await run.drop()
+
+    hermes.script = script
+    failed = await fail_case(tab, "drop")
+    assert failed["code"] == "upstream_disconnected"
+    await asyncio.sleep(0.1)
+    rows = server.query("SELECT content, status FROM messages WHERE role = 'assistant'")
+    assert [(r["content"], r["status"]) for r in rows] == [("half an answer", "failed")]
+    run = server.query("SELECT status, error_code FROM runs")[0]
+    assert (run["status"], run["error_code"]) == ("failed", "upstream_disconnected")
+
+
+async def test_keepalive_only_upstream_times_out(
+    server: ChatrunServer, hermes: FakeHermes
+) -> None:
+    await server.restart(upstream_idle_timeout_s=0.5)
+
+    async def script(run: FakeRun) -> None:
+        await run.delta("started")
+        for _ in range(50):
+            await run.keepalive()
+            await asyncio.sleep(0.1)
+
+    hermes.script = script
+    tab = Tab(server.url)
+    await tab.connect()
+    try:
+        failed = await fail_case(tab, "silent")
+        assert failed["code"] == "upstream_timeout"
+        run = hermes.runs[next(iter(hermes.runs))]
+        await asyncio.wait_for(run.client_disconnected.wait(), 2)
+        rows = server.query("SELECT content FROM messages WHERE role = 'assistant'")
+        assert rows[0]["content"] == "started"
+    finally:
+        await tab.close()
+
+
+async def test_hanging_upstream_times_out_and_the_next_run_goes_on(
+    server: ChatrunServer, hermes: FakeHermes
+) -> None:
+    await server.restart(upstream_idle_timeout_s=0.5)
+
+    async def script(run: FakeRun) -> None:
+        if run.body["input"] == "hang":
+            await run.hang()
+        await run.delta("fine")
+        await run.complete()
+
+    hermes.script = script
+    tab = Tab(server.url)
+    await tab.connect()
+    try:
+        first = await tab.call("run", {"session_id": "hang", "input": "hang"})
+        second = await tab.call("run", {"session_id": "hang", "input": "next"})
+        failed = await tab.wait_event("run.failed", run_id=first["run_id"])
+        assert failed["code"] == "upstream_timeout" and failed["queue_remaining"] == 1
+        await tab.wait_event("run.completed", run_id=second["run_id"])
+    finally:
+        await tab.close()
+
+
+async def test_malformed_frame_fails_the_run(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    async def script(run: FakeRun) -> None:
+        await run.delta("ok so far")
+        await run.raw(b"data: {not json\n\n")
+        await run.hang()
+
+    hermes.script = script
+    failed = await fail_case(tab, "malformed")
+    assert failed["code"] == "upstream_protocol"
+
+
+async def test_upstream_reported_failure_is_forwarded(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    async def script(run: FakeRun) -> None:
+        await run.delta("partial")
+        await run.fail("provider returned 400: context too long")
+
+    hermes.script = script
+    failed = await fail_case(tab, "upfail")
+    assert failed["error"] == "provider returned 400: context too long"
+    assert failed["code"] == "upstream_error"
+
+
+async def test_failures_do_not_affect_other_sessions(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    async def script(run: FakeRun) -> None:
+        if run.body["session_id"] == "bad":
+            await run.delta("x")
+            await run.drop()
+            return
+        for i in range(20):
+            await run.delta(f"{i},")
+            await asyncio.sleep(0.005)
+        await run.complete()
+
+    hermes.script = script
+    good = await tab.call("run", {"session_id": "good", "input": "go"})
+    bad = await tab.call("run", {"session_id": "bad", "input": "go"})
+    await tab.wait_event("run.failed", run_id=bad["run_id"])
+    done = await tab.wait_event("run.completed", run_id=good["run_id"])
+    assert done["output"] == "".join(f"{i}," for i in range(20))
