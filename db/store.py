@@ -97,9 +97,9 @@ class Store:
                 if clash is not None:
                     # Another user held this token; tokens identify users, so it moves here.
                     await conn.execute(
-                        update(User).where(User.id == clash.id).values(
-                            token_hash=hash_token(f"revoked:{clash.id}:{now}"), revoked_at=now
-                        )
+                        update(User)
+                        .where(User.id == clash.id)
+                        .values(token_hash=hash_token(f"revoked:{clash.id}:{now}"), revoked_at=now)
                     )
                 if row is None:
                     await conn.execute(
@@ -107,9 +107,9 @@ class Store:
                     )
                 elif row.token_hash != digest:
                     await conn.execute(
-                        update(User).where(User.id == row.id).values(
-                            token_hash=digest, revoked_at=None
-                        )
+                        update(User)
+                        .where(User.id == row.id)
+                        .values(token_hash=digest, revoked_at=None)
                     )
 
     async def user_by_token(self, token: str) -> UserRecord | None:
@@ -419,8 +419,13 @@ class Store:
                         output_tokens=bindparam("s_out"),
                     ),
                     [
-                        {"s_id": sid, "s_seq": seq, "s_updated": updated, "s_in": tin,
-                         "s_out": tout}
+                        {
+                            "s_id": sid,
+                            "s_seq": seq,
+                            "s_updated": updated,
+                            "s_in": tin,
+                            "s_out": tout,
+                        }
                         for sid, (seq, updated, tin, tout) in batch.sessions.items()
                     ],
                 )

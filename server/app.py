@@ -39,8 +39,9 @@ EVICT_EVERY = 60.0
 class Chatrun:
     """Every long-lived component of one server process (built by ``create_app``)."""
 
-    def __init__(self, settings: Settings, sio: socketio.AsyncServer, store: Store,
-                 eventlog: EventLog) -> None:
+    def __init__(
+        self, settings: Settings, sio: socketio.AsyncServer, store: Store, eventlog: EventLog
+    ) -> None:
         self.settings = settings
         self.sio = sio
         self.store = store
@@ -67,8 +68,9 @@ class Chatrun:
 
     def start_components(self, upstreams: Upstreams) -> None:
         self._upstreams = upstreams
-        self._runs = RunManager(self.settings, self.store, self.hub, self.flusher, upstreams,
-                                self.tasks)
+        self._runs = RunManager(
+            self.settings, self.store, self.hub, self.flusher, upstreams, self.tasks
+        )
         self.probe = UpstreamProbe(upstreams)
 
 
@@ -92,7 +94,9 @@ def create_app(
         engineio_logger=False,
     )
     chatrun = Chatrun(
-        settings, sio, store or Store(settings.resolved_database_url),
+        settings,
+        sio,
+        store or Store(settings.resolved_database_url),
         eventlog or MemoryEventLog(settings.retained_events),
     )
     app = web.Application(middlewares=[security_headers])
@@ -100,6 +104,7 @@ def create_app(
     sio.attach(app)
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(_lifecycle(chatrun, upstreams))
+    app.on_shutdown.append(_shutdown)
     add_static_routes(app, STATIC_DIR)
     return app
 
@@ -127,18 +132,32 @@ def _lifecycle(chatrun: Chatrun, injected: Upstreams | None) -> Any:
             gc.freeze()  # start-up objects live forever: keep them out of collections
             yield
         finally:
-            if chatrun._runs is not None:
-                await chatrun.runs.shutdown()
-            try:
-                await chatrun.flusher.flush(exact=True)
-            except Exception:
-                log.exception("final flush failed")
+            await _stop_runs(chatrun)  # no-op when on_shutdown already did it
             await chatrun.tasks.cancel_all()
             await client.aclose()
             await session.close()
             await chatrun.store.close()
 
     return lifecycle
+
+
+async def _stop_runs(chatrun: Chatrun) -> None:
+    """Runs in flight end ``interrupted`` (text saved), then everything is flushed."""
+    if chatrun._runs is not None and chatrun.runs.accepting:
+        await chatrun.runs.shutdown()
+        try:
+            await chatrun.flusher.flush(exact=True)
+        except Exception:
+            log.exception("final flush failed")
+
+
+async def _shutdown(app: web.Application) -> None:
+    """Before aiohttp waits for open connections: stop runs, then close every socket."""
+    chatrun = app[CHATRUN]
+    await _stop_runs(chatrun)
+    if chatrun.sio.eio.sockets:
+        await chatrun.sio.eio.disconnect()
+    await chatrun.sio.shutdown()
 
 
 async def _evict_loop(chatrun: Chatrun) -> None:

@@ -30,7 +30,8 @@ class Authenticator:
         if s.auth_disabled:
             log.warning(
                 "AUTHENTICATION IS DISABLED (CHATRUN_AUTH_DISABLED=1): any token is accepted "
-                "as user %r. Use this only on a machine you trust.", DEFAULT_USER
+                "as user %r. Use this only on a machine you trust.",
+                DEFAULT_USER,
             )
             self._default = await self.store.ensure_user(DEFAULT_USER)
             return

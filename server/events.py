@@ -42,15 +42,11 @@ def identifier(payload: dict[str, Any], key: str, *, required: bool = True) -> s
     if not isinstance(value, str):
         raise BadRequest(f"`{key}` must be a string")
     if not IDENTIFIER.fullmatch(value):
-        raise BadRequest(
-            f"`{key}` must be 1-128 characters of A-Z a-z 0-9 . _ : -"
-        )
+        raise BadRequest(f"`{key}` must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return value
 
 
-def text(
-    value: Any, key: str, *, max_chars: int, allow_empty: bool = True
-) -> str:
+def text(value: Any, key: str, *, max_chars: int, allow_empty: bool = True) -> str:
     """A string that can be stored and sent on: no NUL, no lone surrogates, bounded."""
     if not isinstance(value, str):
         raise BadRequest(f"`{key}` must be a string")
@@ -210,7 +206,9 @@ class ResumePayload:
         assert session_id is not None
         last_seq = data.get("last_seq")
         if last_seq is not None and (
-            isinstance(last_seq, bool) or not isinstance(last_seq, int) or last_seq < 0
+            isinstance(last_seq, bool)
+            or not isinstance(last_seq, int)
+            or last_seq < 0
             or last_seq > 2**53
         ):
             raise BadRequest("`last_seq` must be a non-negative integer")

@@ -45,8 +45,9 @@ class Flusher:
             self.hub.dirty.discard(state.id)
             await self._write([state], [finish], exact=False)
 
-    async def _write(self, states: list[SessionState], runs: list[RunFinish], *,
-                     exact: bool) -> None:
+    async def _write(
+        self, states: list[SessionState], runs: list[RunFinish], *, exact: bool
+    ) -> None:
         batch = FlushBatch(runs=runs)
         drafts = []
         ceilings: dict[str, int] = {}
@@ -64,7 +65,10 @@ class Flusher:
                 ceiling = state.seq_reserved
             ceilings[state.id] = ceiling
             batch.sessions[state.id] = (
-                ceiling, time.time(), state.input_tokens, state.output_tokens
+                ceiling,
+                state.updated_at,
+                state.input_tokens,
+                state.output_tokens,
             )
         started = time.perf_counter()
         try:

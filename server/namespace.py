@@ -94,8 +94,7 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         request = RunPayload.from_payload(payload, self.limits)
         return await self.runs.submit(conn.user, conn.profile, request, sid)
 
-    async def _cancel_queued_run(self, sid: str, conn: Connection, payload: Any
-                                 ) -> dict[str, Any]:
+    async def _cancel_queued_run(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
         request = CancelQueuedPayload.from_payload(payload)
         return await self.runs.cancel_queued(conn.user, request.session_id, request.queue_id)
 

@@ -91,8 +91,13 @@ class Outcome:
 
 class RunManager:
     def __init__(
-        self, settings: Settings, store: Store, hub: SessionHub, flusher: Flusher,
-        upstreams: Upstreams, tasks: TaskSet,
+        self,
+        settings: Settings,
+        store: Store,
+        hub: SessionHub,
+        flusher: Flusher,
+        upstreams: Upstreams,
+        tasks: TaskSet,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -132,9 +137,16 @@ class RunManager:
                         f"(limit {self.settings.max_queue_depth})"
                     )
             record = RunRecord(
-                id=new_run_id(), session_id=req.session_id, queue_id=req.queue_id,
-                input=req.input, model=req.model, instructions=req.instructions,
-                profile=profile, status=RunStatus.QUEUED, position=0, created_at=time.time(),
+                id=new_run_id(),
+                session_id=req.session_id,
+                queue_id=req.queue_id,
+                input=req.input,
+                model=req.model,
+                instructions=req.instructions,
+                profile=profile,
+                status=RunStatus.QUEUED,
+                position=0,
+                created_at=time.time(),
             )
             record, duplicate = await self.store.enqueue_run(
                 record, owner_id=user.id, title=req.title
@@ -152,31 +164,44 @@ class RunManager:
                 self._start_next(state, announce=False)
             if state.active is None or state.active.id != record.id:
                 self._publish_queue(state, record.queue_id)
-            log.info("run %s session %s accepted (queued=%s)", record.id, state.id,
-                     state.active is None or state.active.id != record.id)
+            log.info(
+                "run %s session %s accepted (queued=%s)",
+                record.id,
+                state.id,
+                state.active is None or state.active.id != record.id,
+            )
             return self._ack(state, record)
 
-    def _ack(self, state: SessionState, record: RunRecord, *, duplicate: bool = False
-             ) -> dict[str, Any]:
-        position = next(
-            (i + 1 for i, r in enumerate(state.queue) if r.id == record.id), 0
-        )
+    def _ack(
+        self, state: SessionState, record: RunRecord, *, duplicate: bool = False
+    ) -> dict[str, Any]:
+        position = next((i + 1 for i, r in enumerate(state.queue) if r.id == record.id), 0)
         ack: dict[str, Any] = {
-            "ok": True, "session_id": state.id, "run_id": record.id,
-            "queue_id": record.queue_id, "queued": position > 0, "position": position,
+            "ok": True,
+            "session_id": state.id,
+            "run_id": record.id,
+            "queue_id": record.queue_id,
+            "queued": position > 0,
+            "position": position,
         }
         if duplicate:
             ack["duplicate"] = True
         return ack
 
     def _publish_queue(self, state: SessionState, queue_id: str) -> None:
-        self.hub.publish(state, "run.queued", {
-            "queue_length": len(state.queue), "queue_id": queue_id,
-            "queue": state.queue_payload(),
-        })
+        self.hub.publish(
+            state,
+            "run.queued",
+            {
+                "queue_length": len(state.queue),
+                "queue_id": queue_id,
+                "queue": state.queue_payload(),
+            },
+        )
 
-    async def cancel_queued(self, user: UserRecord, session_id: str, queue_id: str
-                            ) -> dict[str, Any]:
+    async def cancel_queued(
+        self, user: UserRecord, session_id: str, queue_id: str
+    ) -> dict[str, Any]:
         state = await self.owned(user, session_id)
         if state is None:
             raise NotFound(f"no session {session_id!r}")
@@ -196,7 +221,8 @@ class RunManager:
         ignored = {"run_id": None, "synced": False, "ignored": True}
         if state is None:
             await self.hub.emitter.to_socket(
-                sid, "abort.completed",
+                sid,
+                "abort.completed",
                 {"event": "abort.completed", "session_id": session_id, **ignored},
             )
             return {"ok": True, "aborting": False}
@@ -207,9 +233,14 @@ class RunManager:
                 return {"ok": True, "aborting": False}
             if not active.aborting:
                 active.aborting = True
-                self.hub.publish(state, "abort.started", {
-                    "run_id": active.id, "graceMs": self.settings.abort_grace_ms,
-                })
+                self.hub.publish(
+                    state,
+                    "abort.started",
+                    {
+                        "run_id": active.id,
+                        "graceMs": self.settings.abort_grace_ms,
+                    },
+                )
                 log.info("run %s session %s aborting", active.id, session_id)
                 self.tasks.spawn(self._abort(active), name=f"abort:{active.id}")
             return {"ok": True, "aborting": True}
@@ -266,14 +297,16 @@ class RunManager:
             if active.aborting:
                 outcome = Outcome(RunStatus.CANCELLED)
             else:
-                outcome = Outcome(RunStatus.INTERRUPTED, error=INTERRUPTED_ERROR,
-                                  code=UpstreamCode.INTERRUPTED)
+                outcome = Outcome(
+                    RunStatus.INTERRUPTED, error=INTERRUPTED_ERROR, code=UpstreamCode.INTERRUPTED
+                )
                 if active.handle is not None:
                     await self._request_stop(active.handle, STOP_ON_SHUTDOWN_TIMEOUT)
         except Exception as exc:
             log.exception("run %s session %s crashed", record.id, state.id)
-            outcome = Outcome(RunStatus.FAILED, error=f"internal error ({type(exc).__name__})",
-                              code="internal")
+            outcome = Outcome(
+                RunStatus.FAILED, error=f"internal error ({type(exc).__name__})", code="internal"
+            )
         finally:
             if active.handle is not None:
                 await active.handle.aclose()
@@ -283,35 +316,57 @@ class RunManager:
         record = active.record
         upstream = self.upstreams.get(record.profile)
         text = input_text(record.input)
-        user_message_id = await self.store.start_run(record.id, {
-            "session_id": state.id, "run_id": record.id, "role": "user", "content": text,
-            "status": MessageStatus.COMPLETE.value,
-        })
+        user_message_id = await self.store.start_run(
+            record.id,
+            {
+                "session_id": state.id,
+                "run_id": record.id,
+                "role": "user",
+                "content": text,
+                "status": MessageStatus.COMPLETE.value,
+            },
+        )
         state.transcript = Transcript(state.id, record.id, self.store.insert_message)
         history = await self.store.history(state.id, user_message_id)
-        instructions = "\n\n".join(
-            p for p in (self.settings.system_prompt, record.instructions) if p
-        ) or None
-        handle = await upstream.start(UpstreamRequest(
-            session_id=state.id, input=record.input, history=history,
-            instructions=instructions, model=record.model,
-        ))
+        instructions = (
+            "\n\n".join(p for p in (self.settings.system_prompt, record.instructions) if p) or None
+        )
+        handle = await upstream.start(
+            UpstreamRequest(
+                session_id=state.id,
+                input=record.input,
+                history=history,
+                instructions=instructions,
+                model=record.model,
+            )
+        )
         active.handle = handle
         if handle.upstream_run_id:
             await self.store.set_upstream_run_id(record.id, handle.upstream_run_id)
         if active.aborting:  # abort arrived while the upstream was accepting the run
             await self._request_stop(handle, self.settings.abort_grace)
-        self.hub.publish(state, "run.started", {
-            "run_id": record.id, "status": "started", "queue_length": len(state.queue),
-            "queue_id": record.queue_id, "model": record.model or upstream.config.model or None,
-            "profile": record.profile,
-        })
-        log.info("run %s session %s started upstream %s in %.3fs", record.id, state.id,
-                 handle.upstream_run_id, time.monotonic() - active.started)
+        self.hub.publish(
+            state,
+            "run.started",
+            {
+                "run_id": record.id,
+                "status": "started",
+                "queue_length": len(state.queue),
+                "queue_id": record.queue_id,
+                "model": record.model or upstream.config.model or None,
+                "profile": record.profile,
+            },
+        )
+        log.info(
+            "run %s session %s started upstream %s in %.3fs",
+            record.id,
+            state.id,
+            handle.upstream_run_id,
+            time.monotonic() - active.started,
+        )
         return await self._stream(state, active, handle)
 
-    async def _stream(self, state: SessionState, active: ActiveRun, handle: UpstreamRun
-                      ) -> Outcome:
+    async def _stream(self, state: SessionState, active: ActiveRun, handle: UpstreamRun) -> Outcome:
         run_id = active.id
         idle = self.settings.upstream_idle_timeout_s
         open_tools: dict[str, list[str]] = {}
@@ -333,33 +388,57 @@ class RunManager:
                 publish = self.hub.publish
                 if isinstance(event, TextDelta):
                     if event.text:
-                        publish(state, "message.delta", {
-                            "run_id": run_id, "delta": event.text,
-                            "timestamp": event.timestamp or time.time(),
-                        })
+                        publish(
+                            state,
+                            "message.delta",
+                            {
+                                "run_id": run_id,
+                                "delta": event.text,
+                                "timestamp": event.timestamp or time.time(),
+                            },
+                        )
                 elif isinstance(event, ReasoningDelta):
                     publish(state, "reasoning.delta", {"run_id": run_id, "text": event.text})
                 elif isinstance(event, ToolStarted):
                     call_id = event.tool_call_id or f"call_{uuid.uuid4().hex[:16]}"
                     open_tools.setdefault(event.tool, []).append(call_id)
-                    publish(state, "tool.started", {
-                        "run_id": run_id, "tool": event.tool, "name": event.tool,
-                        "preview": event.preview, "tool_call_id": call_id,
-                    })
+                    publish(
+                        state,
+                        "tool.started",
+                        {
+                            "run_id": run_id,
+                            "tool": event.tool,
+                            "name": event.tool,
+                            "preview": event.preview,
+                            "tool_call_id": call_id,
+                        },
+                    )
                 elif isinstance(event, ToolCompleted):
                     call_id = event.tool_call_id or _pop_call(open_tools, event.tool)
-                    publish(state, "tool.completed", {
-                        "run_id": run_id, "tool": event.tool, "duration": event.duration,
-                        "error": event.error, "output": event.output, "tool_call_id": call_id,
-                    })
+                    publish(
+                        state,
+                        "tool.completed",
+                        {
+                            "run_id": run_id,
+                            "tool": event.tool,
+                            "duration": event.duration,
+                            "error": event.error,
+                            "output": event.output,
+                            "tool_call_id": call_id,
+                        },
+                    )
                 elif isinstance(event, Passthrough):
                     publish(state, event.name, {**event.data, "run_id": run_id})
                 elif isinstance(event, Completed):
                     if active.aborting:
                         active.stop_confirmed = True
                         return Outcome(RunStatus.CANCELLED)
-                    return Outcome(RunStatus.COMPLETED, output=event.output, usage=event.usage,
-                                   finish_reason=event.finish_reason or "stop")
+                    return Outcome(
+                        RunStatus.COMPLETED,
+                        output=event.output,
+                        usage=event.usage,
+                        finish_reason=event.finish_reason or "stop",
+                    )
                 elif isinstance(event, Cancelled):
                     active.stop_confirmed = active.aborting
                     return Outcome(RunStatus.CANCELLED)
@@ -375,24 +454,36 @@ class RunManager:
             state.input_tokens = outcome.usage.get("input_tokens", state.input_tokens)
             state.output_tokens = outcome.usage.get("output_tokens", state.output_tokens)
         finish = RunFinish(
-            run_id=record.id, status=outcome.status.value, finished_at=time.time(),
-            usage=outcome.usage, error=outcome.error, error_code=outcome.code,
+            run_id=record.id,
+            status=outcome.status.value,
+            finished_at=time.time(),
+            usage=outcome.usage,
+            error=outcome.error,
+            error_code=outcome.code,
             finish_reason=outcome.finish_reason,
         )
         transcript = state.transcript
 
         async def persist() -> None:
             if transcript is not None:
-                await transcript.finish(MESSAGE_STATUS[outcome.status], output=outcome.output,
-                                        finish_reason=outcome.finish_reason)
+                await transcript.finish(
+                    MESSAGE_STATUS[outcome.status],
+                    output=outcome.output,
+                    finish_reason=outcome.finish_reason,
+                )
             await self.flusher.persist(state, finish)
 
         async with self.hub.lock(state.id):
             remaining = len(state.queue)
-            self.hub.publish(state, "usage.updated", {
-                "run_id": record.id, "inputTokens": state.input_tokens,
-                "outputTokens": state.output_tokens,
-            })
+            self.hub.publish(
+                state,
+                "usage.updated",
+                {
+                    "run_id": record.id,
+                    "inputTokens": state.input_tokens,
+                    "outputTokens": state.output_tokens,
+                },
+            )
             name, data = self._terminal(outcome, record.id, remaining, transcript)
             try:
                 await self.hub.publish_wait(state, name, data, before=persist)
@@ -406,33 +497,43 @@ class RunManager:
             state.active = None
             state.transcript = None
             active.abort_done.set()
-            log.info("run %s session %s %s after %.3fs%s", record.id, state.id,
-                     outcome.status.value, time.monotonic() - active.started,
-                     f" ({outcome.code})" if outcome.code else "")
+            log.info(
+                "run %s session %s %s after %.3fs%s",
+                record.id,
+                state.id,
+                outcome.status.value,
+                time.monotonic() - active.started,
+                f" ({outcome.code})" if outcome.code else "",
+            )
             self._start_next(state, announce=True)
 
     @staticmethod
-    def _terminal(outcome: Outcome, run_id: str, remaining: int, transcript: Any
-                  ) -> tuple[str, dict[str, Any]]:
+    def _terminal(
+        outcome: Outcome, run_id: str, remaining: int, transcript: Any
+    ) -> tuple[str, dict[str, Any]]:
         if outcome.status == RunStatus.COMPLETED:
             output = outcome.output
             if output is None and transcript is not None:
                 output = transcript.text
             usage = outcome.usage or {}
             return "run.completed", {
-                "run_id": run_id, "output": output or "",
+                "run_id": run_id,
+                "output": output or "",
                 "usage": {
                     "input_tokens": usage.get("input_tokens", 0),
                     "output_tokens": usage.get("output_tokens", 0),
                     "total_tokens": usage.get("total_tokens", 0),
                 },
-                "queue_remaining": remaining, "finish_reason": outcome.finish_reason,
+                "queue_remaining": remaining,
+                "finish_reason": outcome.finish_reason,
             }
         if outcome.status == RunStatus.CANCELLED:
             return "run.cancelled", {"run_id": run_id, "queue_remaining": remaining}
         return "run.failed", {
-            "run_id": run_id, "error": outcome.error or "the run failed",
-            "code": outcome.code or "upstream_error", "queue_remaining": remaining,
+            "run_id": run_id,
+            "error": outcome.error or "the run failed",
+            "code": outcome.code or "upstream_error",
+            "queue_remaining": remaining,
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -453,8 +554,11 @@ class RunManager:
         """Stop accepting runs; runs in flight end ``interrupted`` with their text saved."""
         self.accepting = False
         self._shutting_down = True
-        tasks = [s.active.task for s in self.hub.sessions.values()
-                 if s.active is not None and s.active.task is not None]
+        tasks = [
+            s.active.task
+            for s in self.hub.sessions.values()
+            if s.active is not None and s.active.task is not None
+        ]
         for task in tasks:
             task.cancel()
         if tasks:

@@ -113,6 +113,7 @@ class SessionState:
         self.outbox: deque[_Item] = deque()
         self.sender: asyncio.Task[None] | None = None
         self.touched = time.monotonic()
+        self.updated_at = record.updated_at  # wall-clock time of the last event
 
     @property
     def busy(self) -> bool:
@@ -127,7 +128,11 @@ class SessionState:
 
 class SessionHub:
     def __init__(
-        self, settings: Settings, store: Store, emitter: Emitter, eventlog: EventLog,
+        self,
+        settings: Settings,
+        store: Store,
+        emitter: Emitter,
+        eventlog: EventLog,
         tasks: TaskSet,
     ) -> None:
         self.settings = settings
@@ -199,8 +204,9 @@ class SessionHub:
             self._locks.pop(sid, None)
             self.eventlog.drop(sid)
             evicted += 1
-        for sid in [s for s, lock in self._locks.items()
-                    if s not in self.sessions and not lock.locked()]:
+        for sid in [
+            s for s, lock in self._locks.items() if s not in self.sessions and not lock.locked()
+        ]:
             del self._locks[sid]
         return evicted
 
@@ -211,7 +217,10 @@ class SessionHub:
         self._push(state, _Item("event", name, data))
 
     async def publish_wait(
-        self, state: SessionState, name: str, data: dict[str, Any],
+        self,
+        state: SessionState,
+        name: str,
+        data: dict[str, Any],
         before: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Queue an event and wait until it was emitted (``before`` runs just before it)."""
@@ -271,8 +280,12 @@ class SessionHub:
             return
         run_id = item.data["run_id"]
         parts = [item.data["delta"]]
-        while outbox and outbox[0].name == COALESCED and outbox[0].data["run_id"] == run_id \
-                and outbox[0].done is None:
+        while (
+            outbox
+            and outbox[0].name == COALESCED
+            and outbox[0].data["run_id"] == run_id
+            and outbox[0].done is None
+        ):
             parts.append(outbox.popleft().data["delta"])
         item.data = {**item.data, "delta": "".join(parts)}
 
@@ -285,6 +298,7 @@ class SessionHub:
             await self.store.reserve_seq(state.id, ceiling)
             state.seq_reserved = ceiling
         state.seq = seq
+        state.updated_at = time.time()
         payload = {"event": name, "session_id": state.id, "seq": seq, **data}
         self.eventlog.append(state.id, seq, _encode(payload))
         if name in STATE_EVENTS:
@@ -295,8 +309,14 @@ class SessionHub:
 
     # -- resume -------------------------------------------------------------------------------
 
-    def _resumed(self, state: SessionState | None, session_id: str, seq: int,
-                 messages: list[dict[str, Any]], replay: bool) -> dict[str, Any]:
+    def _resumed(
+        self,
+        state: SessionState | None,
+        session_id: str,
+        seq: int,
+        messages: list[dict[str, Any]],
+        replay: bool,
+    ) -> dict[str, Any]:
         active = state.active if state is not None else None
         working = active is not None
         return {
@@ -336,7 +356,8 @@ class SessionHub:
         messages = await self.snapshot_messages(state)
         await self.emitter.join(sid, state.id)
         await self.emitter.to_socket(
-            sid, "resumed",
+            sid,
+            "resumed",
             self._resumed(state, state.id, state.seq, [m.to_payload() for m in messages], False),
         )
         return state.seq

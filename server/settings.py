@@ -96,8 +96,13 @@ class Settings:
                 f"CHATRUN_UPSTREAM_KIND must be one of {', '.join(UPSTREAM_KINDS)}, "
                 f"not {self.upstream_kind!r}"
             )
-        for name in ("flush_interval_ms", "max_input_chars", "max_content_blocks",
-                     "retained_events", "resume_max_messages"):
+        for name in (
+            "flush_interval_ms",
+            "max_input_chars",
+            "max_content_blocks",
+            "retained_events",
+            "resume_max_messages",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive")
         for name in ("abort_grace_ms", "max_queue_depth", "upstream_retry_backoff_ms"):

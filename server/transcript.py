@@ -26,13 +26,33 @@ class Draft:
     """One message of the active run; ``id`` is its database row."""
 
     __slots__ = (
-        "_content", "_parts", "created_at", "dirty", "finish_reason", "id", "reasoning", "role",
-        "run_id", "session_id", "status", "tool_call_id", "tool_calls", "tool_name",
+        "_content",
+        "_parts",
+        "created_at",
+        "dirty",
+        "finish_reason",
+        "id",
+        "reasoning",
+        "role",
+        "run_id",
+        "session_id",
+        "status",
+        "tool_call_id",
+        "tool_calls",
+        "tool_name",
     )
 
     def __init__(
-        self, id: int, session_id: str, run_id: str, role: str, created_at: float,
-        *, tool_call_id: str | None = None, tool_name: str | None = None, content: str = "",
+        self,
+        id: int,
+        session_id: str,
+        run_id: str,
+        role: str,
+        created_at: float,
+        *,
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+        content: str = "",
     ) -> None:
         self.id = id
         self.session_id = session_id
@@ -67,17 +87,29 @@ class Draft:
 
     def record(self) -> MessageRecord:
         return MessageRecord(
-            id=self.id, session_id=self.session_id, run_id=self.run_id, role=self.role,
-            content=self.content, reasoning=self.reasoning, status=self.status,
-            created_at=self.created_at, tool_calls=self.tool_calls,
-            tool_call_id=self.tool_call_id, tool_name=self.tool_name,
+            id=self.id,
+            session_id=self.session_id,
+            run_id=self.run_id,
+            role=self.role,
+            content=self.content,
+            reasoning=self.reasoning,
+            status=self.status,
+            created_at=self.created_at,
+            tool_calls=self.tool_calls,
+            tool_call_id=self.tool_call_id,
+            tool_name=self.tool_name,
             finish_reason=self.finish_reason,
         )
 
     def write(self) -> MessageWrite:
         return MessageWrite(
-            id=self.id, content=self.content, reasoning=self.reasoning, status=self.status,
-            updated_at=time.time(), tool_calls=self.tool_calls, finish_reason=self.finish_reason,
+            id=self.id,
+            content=self.content,
+            reasoning=self.reasoning,
+            status=self.status,
+            updated_at=time.time(),
+            tool_calls=self.tool_calls,
+            finish_reason=self.finish_reason,
         )
 
 
@@ -108,12 +140,25 @@ class Transcript:
 
     async def _new(self, role: str, **fields: Any) -> Draft:
         now = time.time()
-        row = {"session_id": self.session_id, "run_id": self.run_id, "role": role,
-               "status": MessageStatus.STREAMING.value, "created_at": now, **fields}
+        row = {
+            "session_id": self.session_id,
+            "run_id": self.run_id,
+            "role": role,
+            "status": MessageStatus.STREAMING.value,
+            "created_at": now,
+            **fields,
+        }
         draft_id = await self._insert(row)
-        draft = Draft(draft_id, self.session_id, self.run_id, role, now,
-                      tool_call_id=fields.get("tool_call_id"),
-                      tool_name=fields.get("tool_name"), content=fields.get("content", ""))
+        draft = Draft(
+            draft_id,
+            self.session_id,
+            self.run_id,
+            role,
+            now,
+            tool_call_id=fields.get("tool_call_id"),
+            tool_name=fields.get("tool_name"),
+            content=fields.get("content", ""),
+        )
         self.drafts.append(draft)
         return draft
 
@@ -140,15 +185,16 @@ class Transcript:
         segment = await self.assistant()
         segment.tool_calls = [
             *(segment.tool_calls or []),
-            {"id": call_id, "type": "function",
-             "function": {"name": data["tool"], "arguments": data.get("preview") or ""}},
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": data["tool"], "arguments": data.get("preview") or ""},
+            },
         ]
         segment.status = MessageStatus.COMPLETE
         segment.dirty = True
         self._assistant = None
-        self._tools[call_id] = await self._new(
-            "tool", tool_call_id=call_id, tool_name=data["tool"]
-        )
+        self._tools[call_id] = await self._new("tool", tool_call_id=call_id, tool_name=data["tool"])
 
     def _tool_completed(self, data: dict[str, Any]) -> None:
         draft = self._tools.pop(data.get("tool_call_id") or "", None)
@@ -159,8 +205,9 @@ class Transcript:
         draft.status = MessageStatus.FAILED if data.get("error") else MessageStatus.COMPLETE
         draft.dirty = True
 
-    async def finish(self, status: MessageStatus, *, output: str | None,
-                     finish_reason: str | None) -> None:
+    async def finish(
+        self, status: MessageStatus, *, output: str | None, finish_reason: str | None
+    ) -> None:
         """End the run's messages with ``status``.
 
         When nothing was streamed, the upstream's final output (if any) becomes the answer;

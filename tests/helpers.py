@@ -57,7 +57,9 @@ class ChatrunServer:
 
     async def start(self) -> None:
         app = create_app(self.settings)
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self.runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=2.0
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         await site.start()
@@ -108,8 +110,13 @@ class Tab:
 
     async def connect(self) -> None:
         url = self.url + (f"?profile={self.profile}" if self.profile else "")
-        await self.sio.connect(url, auth={"token": self.token}, namespaces=[NS],
-                               transports=["websocket"], wait_timeout=5)
+        await self.sio.connect(
+            url,
+            auth={"token": self.token},
+            namespaces=[NS],
+            transports=["websocket"],
+            wait_timeout=5,
+        )
 
     async def close(self) -> None:
         if self.sio.connected:
@@ -121,8 +128,9 @@ class Tab:
             return await self.sio.call(event, namespace=NS, timeout=timeout)
         return await self.sio.call(event, data, namespace=NS, timeout=timeout)
 
-    async def wait_for(self, predicate: Callable[[list[tuple[str, dict[str, Any]]]], Any],
-                       timeout: float = 10) -> Any:
+    async def wait_for(
+        self, predicate: Callable[[list[tuple[str, dict[str, Any]]]], Any], timeout: float = 10
+    ) -> Any:
         async with asyncio.timeout(timeout):
             async with self._changed:
                 while True:
@@ -137,21 +145,31 @@ class Tab:
                 if ev == name and all(data.get(k) == v for k, v in match.items()):
                     return data
             return None
+
         result: dict[str, Any] = await self.wait_for(find, timeout)
         return result
 
     def named(self, name: str, session_id: str | None = None) -> list[dict[str, Any]]:
-        return [d for e, d in self.events
-                if e == name and (session_id is None or d.get("session_id") == session_id)]
+        return [
+            d
+            for e, d in self.events
+            if e == name and (session_id is None or d.get("session_id") == session_id)
+        ]
 
     def text(self, run_id: str) -> str:
-        return "".join(d["delta"] for e, d in self.events
-                       if e == "message.delta" and d["run_id"] == run_id)
+        return "".join(
+            d["delta"] for e, d in self.events if e == "message.delta" and d["run_id"] == run_id
+        )
 
     def seqs(self, session_id: str) -> list[int]:
-        return [d["seq"] for e, d in self.events
-                if isinstance(d, dict) and d.get("session_id") == session_id and "seq" in d
-                and e != "resumed"]
+        return [
+            d["seq"]
+            for e, d in self.events
+            if isinstance(d, dict)
+            and d.get("session_id") == session_id
+            and "seq" in d
+            and e != "resumed"
+        ]
 
 
 class Transcript:

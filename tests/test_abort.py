@@ -40,8 +40,9 @@ async def test_abort_keeps_partial_text_and_starts_the_next_queued_run(
     started = tab.named("abort.started")[0]
     assert started["run_id"] == first["run_id"] and started["graceMs"] == 2000
     names = [e for e, d in tab.events if d.get("run_id") == first["run_id"]]
-    assert names.index("abort.started") < names.index("run.cancelled") < names.index(
-        "abort.completed")
+    assert (
+        names.index("abort.started") < names.index("run.cancelled") < names.index("abort.completed")
+    )
     assert "run.completed" not in names and "run.failed" not in names
     assert hermes.stop_calls == [hermes.runs[next(iter(hermes.runs))].run_id]
 
@@ -49,21 +50,27 @@ async def test_abort_keeps_partial_text_and_starts_the_next_queued_run(
     seen = tab.text(first["run_id"])
     rows = server.query(
         "SELECT content, status FROM messages WHERE run_id = ? AND role = 'assistant'",
-        first["run_id"])
+        first["run_id"],
+    )
     assert [(r["content"], r["status"]) for r in rows] == [(seen, "aborted")]
-    assert server.query("SELECT status FROM runs WHERE id = ?", first["run_id"])[0][
-        "status"] == "cancelled"
+    assert (
+        server.query("SELECT status FROM runs WHERE id = ?", first["run_id"])[0]["status"]
+        == "cancelled"
+    )
     # abort.completed of the first run comes before the second run starts
     order = [(e, d.get("run_id")) for e, d in tab.events]
     assert order.index(("abort.completed", first["run_id"])) < order.index(
-        ("run.started", second["run_id"]))
+        ("run.started", second["run_id"])
+    )
 
 
 async def test_abort_without_active_run_is_ignored(
     server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     assert await tab.call("abort", {"session_id": "nothing-here"}) == {
-        "ok": True, "aborting": False}
+        "ok": True,
+        "aborting": False,
+    }
     ignored = await tab.wait_event("abort.completed", session_id="nothing-here")
     assert ignored["ignored"] is True and ignored["synced"] is False and "seq" not in ignored
     assert server.query("SELECT id FROM sessions") == []
@@ -92,8 +99,10 @@ async def test_abort_of_an_upstream_that_ignores_stop_ends_after_the_grace_time(
     run = hermes.runs[next(iter(hermes.runs))]
     await asyncio.wait_for(run.client_disconnected.wait(), 2)
     seen = tab.text(ack["run_id"])
-    rows = server.query("SELECT content, status FROM messages WHERE run_id = ? "
-                        "AND role = 'assistant'", ack["run_id"])
+    rows = server.query(
+        "SELECT content, status FROM messages WHERE run_id = ? AND role = 'assistant'",
+        ack["run_id"],
+    )
     assert [(r["content"], r["status"]) for r in rows] == [(seen, "aborted")]
 
 
@@ -106,8 +115,10 @@ async def test_abort_while_the_upstream_is_accepting_the_run(
     assert (await tab.call("abort", {"session_id": "early"}))["aborting"] is True
     await tab.wait_event("abort.completed", run_id=ack["run_id"])
     assert len(tab.named("run.cancelled")) == 1
-    assert server.query("SELECT status FROM runs WHERE id = ?", ack["run_id"])[0][
-        "status"] == "cancelled"
+    assert (
+        server.query("SELECT status FROM runs WHERE id = ?", ack["run_id"])[0]["status"]
+        == "cancelled"
+    )
     # the upstream run that was being accepted is stopped too
     await asyncio.sleep(0.1)
     assert list(hermes.runs) == hermes.stop_calls

@@ -17,10 +17,11 @@ async def test_wrong_or_missing_token_is_refused(server: ChatrunServer) -> None:
     for auth in ({"token": "wrong"}, {}, None, {"token": 42}):
         client = socketio.AsyncClient(reconnection=False)
         errors: list[Any] = []
-        client.on("connect_error", lambda data: errors.append(data), namespace=NS)
+        client.on("connect_error", errors.append, namespace=NS)
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await client.connect(server.url, auth=auth, namespaces=[NS],
-                                 transports=["websocket"], wait_timeout=3)
+            await client.connect(
+                server.url, auth=auth, namespaces=[NS], transports=["websocket"], wait_timeout=3
+            )
         assert errors and errors[0]["message"] == "Authentication failed"
         await client.disconnect()
 
@@ -63,28 +64,47 @@ async def test_another_users_session_is_refused(
 
 BAD_PAYLOADS: dict[str, list[Any]] = {
     "run": [
-        None, "text", 5, [], {"input": "x"}, {"session_id": "s"},
-        {"session_id": "", "input": "x"}, {"session_id": "a b", "input": "x"},
-        {"session_id": "x" * 129, "input": "x"}, {"session_id": 7, "input": "x"},
-        {"session_id": "v", "input": ""}, {"session_id": "v", "input": "   "},
-        {"session_id": "v", "input": 12}, {"session_id": "v", "input": {"type": "text"}},
-        {"session_id": "v", "input": []}, {"session_id": "v", "input": [{"type": "video"}]},
+        None,
+        "text",
+        5,
+        [],
+        {"input": "x"},
+        {"session_id": "s"},
+        {"session_id": "", "input": "x"},
+        {"session_id": "a b", "input": "x"},
+        {"session_id": "x" * 129, "input": "x"},
+        {"session_id": 7, "input": "x"},
+        {"session_id": "v", "input": ""},
+        {"session_id": "v", "input": "   "},
+        {"session_id": "v", "input": 12},
+        {"session_id": "v", "input": {"type": "text"}},
+        {"session_id": "v", "input": []},
+        {"session_id": "v", "input": [{"type": "video"}]},
         {"session_id": "v", "input": [{"type": "text", "text": 3}]},
         {"session_id": "v", "input": [{"type": "image", "name": "a"}]},
-        {"session_id": "v", "input": "a\x00b"}, {"session_id": "v", "input": "\ud800"},
+        {"session_id": "v", "input": "a\x00b"},
+        {"session_id": "v", "input": "\ud800"},
         {"session_id": "v", "input": "x", "queue_id": "bad id"},
         {"session_id": "v", "input": "x", "queue_id": 5},
         {"session_id": "v", "input": "x", "model": 5},
         {"session_id": "v", "input": "x", "instructions": ["a"]},
-        {"session_id": "v", "input": "x", "model": "m" * 500},
     ],
     "cancel_queued_run": [
-        None, {}, {"session_id": "v"}, {"queue_id": "q"}, {"session_id": "v", "queue_id": ""},
+        None,
+        {},
+        {"session_id": "v"},
+        {"queue_id": "q"},
+        {"session_id": "v", "queue_id": ""},
         {"session_id": ["v"], "queue_id": "q"},
     ],
     "resume": [
-        None, [], {}, {"session_id": None}, {"session_id": "v", "last_seq": -1},
-        {"session_id": "v", "last_seq": "3"}, {"session_id": "v", "last_seq": 1.5},
+        None,
+        [],
+        {},
+        {"session_id": None},
+        {"session_id": "v", "last_seq": -1},
+        {"session_id": "v", "last_seq": "3"},
+        {"session_id": "v", "last_seq": 1.5},
         {"session_id": "v", "last_seq": True},
     ],
     "abort": [None, "v", {}, {"session_id": "../v"}],
@@ -97,6 +117,7 @@ async def test_every_malformed_payload_gets_bad_request_and_changes_nothing(
 ) -> None:
     ack = await tab.call("run", {"session_id": "v", "input": "ok", "queue_id": "keep"})
     await tab.wait_event("run.completed", run_id=ack["run_id"])
+    await asyncio.sleep(0.2)  # let the last flush land
     before_events = len(tab.events)
     before = {t: server.query(f"SELECT * FROM {t}") for t in ("sessions", "messages", "runs")}
     for event, payloads in BAD_PAYLOADS.items():
@@ -106,12 +127,15 @@ async def test_every_malformed_payload_gets_bad_request_and_changes_nothing(
             assert result["error"]["code"] == "bad_request", (event, payload, result)
             assert isinstance(result["error"]["message"], str) and result["error"]["message"]
     assert await tab.call("no_such_event", {"a": 1}) == {
-        "ok": False, "error": {"code": "bad_request", "message": "unknown event 'no_such_event'"}}
+        "ok": False,
+        "error": {"code": "bad_request", "message": "unknown event 'no_such_event'"},
+    }
     await asyncio.sleep(0.1)
     assert len(tab.events) == before_events
     after = {t: server.query(f"SELECT * FROM {t}") for t in ("sessions", "messages", "runs")}
     assert {t: [tuple(r) for r in rows] for t, rows in after.items()} == {
-        t: [tuple(r) for r in rows] for t, rows in before.items()}
+        t: [tuple(r) for r in rows] for t, rows in before.items()
+    }
     assert len(hermes.requests) == 1
 
 
@@ -125,6 +149,7 @@ async def test_oversize_input_is_too_large(server: ChatrunServer, hermes: FakeHe
             {"session_id": "big", "input": [{"type": "text", "text": "x" * 600}] * 2},
             {"session_id": "big", "input": [{"type": "text", "text": "x"}] * 4},
             {"session_id": "big", "input": "x", "instructions": "y" * 1001},
+            {"session_id": "big", "input": "x", "model": "m" * 500},
         ):
             result = await tab.call("run", payload)
             assert result["ok"] is False and result["error"]["code"] == "too_large"

@@ -19,10 +19,18 @@ from tests.helpers import ChatrunServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_SETTINGS = [
-    "CHATRUN_HOST", "CHATRUN_PORT", "CHATRUN_DATA_DIR", "CHATRUN_DATABASE_URL",
-    "CHATRUN_AUTH_TOKEN", "CHATRUN_AUTH_TOKENS", "CHATRUN_AUTH_DISABLED",
-    "CHATRUN_UPSTREAM_KIND", "CHATRUN_UPSTREAM_URL", "CHATRUN_UPSTREAM_API_KEY",
-    "CHATRUN_UPSTREAM_MODEL", "CHATRUN_FLUSH_INTERVAL_MS",
+    "CHATRUN_HOST",
+    "CHATRUN_PORT",
+    "CHATRUN_DATA_DIR",
+    "CHATRUN_DATABASE_URL",
+    "CHATRUN_AUTH_TOKEN",
+    "CHATRUN_AUTH_TOKENS",
+    "CHATRUN_AUTH_DISABLED",
+    "CHATRUN_UPSTREAM_KIND",
+    "CHATRUN_UPSTREAM_URL",
+    "CHATRUN_UPSTREAM_API_KEY",
+    "CHATRUN_UPSTREAM_MODEL",
+    "CHATRUN_FLUSH_INTERVAL_MS",
 ]
 
 
@@ -49,13 +57,24 @@ def test_protocol_settings_exist_with_protocol_defaults() -> None:
 
 
 def test_settings_from_env_parse_and_reject_bad_values() -> None:
-    s = Settings.from_env({"CHATRUN_PORT": "9000", "CHATRUN_AUTH_DISABLED": "1",
-                           "CHATRUN_DATA_DIR": "/tmp/x", "UNRELATED": "y"})
+    s = Settings.from_env(
+        {
+            "CHATRUN_PORT": "9000",
+            "CHATRUN_AUTH_DISABLED": "1",
+            "CHATRUN_DATA_DIR": "/tmp/x",
+            "UNRELATED": "y",
+        }
+    )
     assert s.port == 9000 and s.auth_disabled is True and str(s.data_dir) == "/tmp/x"
     assert s.resolved_database_url == "sqlite+aiosqlite:////tmp/x/chatrun.db"
-    for env in ({"CHATRUN_PORT": "abc"}, {"CHATRUN_UPSTREAM_KIND": "nope"},
-                {"CHATRUN_AUTH_DISABLED": "maybe"}, {"CHATRUN_AUTH_TOKENS": "alice"},
-                {"CHATRUN_FLUSH_INTERVAL_MS": "0"}, {"CHATRUN_AUTH_TOKENS": "a=1,a=2"}):
+    for env in (
+        {"CHATRUN_PORT": "abc"},
+        {"CHATRUN_UPSTREAM_KIND": "nope"},
+        {"CHATRUN_AUTH_DISABLED": "maybe"},
+        {"CHATRUN_AUTH_TOKENS": "alice"},
+        {"CHATRUN_FLUSH_INTERVAL_MS": "0"},
+        {"CHATRUN_AUTH_TOKENS": "a=1,a=2"},
+    ):
         with pytest.raises(ConfigError):
             Settings.from_env(env)
 
@@ -76,10 +95,9 @@ async def test_models_match_the_migrated_schema(tmp_path: Path) -> None:
 
 
 async def test_healthz_reports_database_and_upstream(server: ChatrunServer) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(server.url + "/healthz") as response:
-            assert response.status == 200
-            body = await response.json()
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
+        assert response.status == 200
+        body = await response.json()
     assert body["status"] == "ok" and body["database"] == "ok"
     assert body["upstreams"]["default"]["kind"] == "hermes"
     assert body["upstreams"]["default"]["state"] in ("ready", "unreachable")
@@ -93,9 +111,8 @@ async def test_generated_token_is_stored_in_the_data_dir(tmp_path: Path) -> None
         token_file = tmp_path / "d" / "auth_token"
         token = token_file.read_text().strip()
         assert len(token) == 64 and oct(token_file.stat().st_mode & 0o777) == "0o600"
-        async with aiohttp.ClientSession() as http:
-            async with http.get(srv.url + "/healthz") as response:
-                assert response.status == 200
+        async with aiohttp.ClientSession() as http, http.get(srv.url + "/healthz") as resp:
+            assert resp.status == 200
     finally:
         await srv.stop()
     # the same token is kept across restarts

@@ -13,6 +13,7 @@ def gated(gate: asyncio.Event, text: str = "answer") -> object:
         await run.delta(text)
         await gate.wait()
         await run.complete()
+
     return script
 
 
@@ -34,7 +35,9 @@ async def test_queue_runs_in_fifo_order_and_a_cancelled_one_never_runs(
     ]
     assert [a["queued"] for a in acks] == [False, True, True, True]
     assert [a["position"] for a in acks] == [0, 1, 2, 3]
-    queued = tab.named("run.queued")
+    queued = await tab.wait_for(
+        lambda ev: len(tab.named("run.queued")) >= 3 and tab.named("run.queued")
+    )
     assert [q["queue_length"] for q in queued] == [1, 2, 3]
     assert [item["queue_id"] for item in queued[-1]["queue"]] == ["q1", "q2", "q3"]
     assert queued[-1]["queue"][0]["preview"] == "second"
@@ -45,9 +48,13 @@ async def test_queue_runs_in_fifo_order_and_a_cancelled_one_never_runs(
     assert after_cancel["queue_length"] == 2
     # cancelling again, or the active run, changes nothing
     assert await tab.call("cancel_queued_run", {"session_id": "q", "queue_id": "q2"}) == {
-        "ok": True, "cancelled": False}
+        "ok": True,
+        "cancelled": False,
+    }
     assert await tab.call("cancel_queued_run", {"session_id": "q", "queue_id": "q0"}) == {
-        "ok": True, "cancelled": False}
+        "ok": True,
+        "cancelled": False,
+    }
 
     gate.set()
     await tab.wait_event("run.completed", run_id=acks[3]["run_id"])
@@ -57,15 +64,15 @@ async def test_queue_runs_in_fifo_order_and_a_cancelled_one_never_runs(
     completed = tab.named("run.completed")
     assert [c["queue_remaining"] for c in completed] == [2, 1, 0]
     # every started run ended exactly once, in order
-    terminals = [d["run_id"] for e, d in tab.events if e in ("run.completed", "run.failed",
-                                                              "run.cancelled")]
+    terminals = [
+        d["run_id"] for e, d in tab.events if e in ("run.completed", "run.failed", "run.cancelled")
+    ]
     assert terminals == started
     statuses = dict(
         (r["queue_id"], r["status"])
         for r in server.query("SELECT queue_id, status FROM runs WHERE session_id = 'q'")
     )
-    assert statuses == {"q0": "completed", "q1": "completed", "q2": "cancelled",
-                        "q3": "completed"}
+    assert statuses == {"q0": "completed", "q1": "completed", "q2": "cancelled", "q3": "completed"}
 
 
 async def test_duplicate_queue_id_creates_nothing_new(
@@ -81,6 +88,8 @@ async def test_duplicate_queue_id_creates_nothing_new(
     assert again["queued"] is True and again["position"] == 1
     assert again_active["duplicate"] is True and again_active["run_id"] == first["run_id"]
     assert again_active["queued"] is False
+    await tab.wait_event("run.queued")
+    await asyncio.sleep(0.05)
     assert len(tab.named("run.queued")) == 1
     gate.set()
     await tab.wait_event("run.completed", run_id=queued["run_id"])
@@ -124,7 +133,8 @@ async def test_second_tab_queues_behind_the_first(
         gate.set()
         for t in (tab, other):
             await t.wait_event("run.completed", run_id=b["run_id"])
-        assert [d["run_id"] for d in other.named("run.started")] == [b["run_id"]] or \
-            [d["run_id"] for d in other.named("run.started")] == [a["run_id"], b["run_id"]]
+        assert [d["run_id"] for d in other.named("run.started")] == [b["run_id"]] or [
+            d["run_id"] for d in other.named("run.started")
+        ] == [a["run_id"], b["run_id"]]
     finally:
         await other.close()

@@ -45,8 +45,7 @@ async def test_restart_mid_run_interrupts_it_and_runs_the_next_queued(
     runs = {r["id"]: r for r in server.query("SELECT id, status, error_code FROM runs")}
     assert runs[first["run_id"]]["status"] == "interrupted"
     assert runs[first["run_id"]]["error_code"] == "interrupted"
-    messages = server.query(
-        "SELECT role, content, status, run_id FROM messages ORDER BY id")
+    messages = server.query("SELECT role, content, status, run_id FROM messages ORDER BY id")
     assert [(m["role"], m["content"], m["status"]) for m in messages] == [
         ("user", "first", "complete"),
         ("assistant", "partial text", "interrupted"),
@@ -76,11 +75,22 @@ def _free_port() -> int:
 
 
 async def _start_process(data_dir: Path, upstream: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CHATRUN_DATA_DIR": str(data_dir), "CHATRUN_PORT": str(port),
-           "CHATRUN_AUTH_TOKEN": TOKEN, "CHATRUN_UPSTREAM_URL": upstream,
-           "CHATRUN_FLUSH_INTERVAL_MS": "100"}
-    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "CHATRUN_DATA_DIR": str(data_dir),
+        "CHATRUN_PORT": str(port),
+        "CHATRUN_AUTH_TOKEN": TOKEN,
+        "CHATRUN_UPSTREAM_URL": upstream,
+        "CHATRUN_FLUSH_INTERVAL_MS": "100",
+    }
+    with open(data_dir.parent / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     async with asyncio.timeout(20):
         while True:
             try:
@@ -89,7 +99,7 @@ async def _start_process(data_dir: Path, upstream: str, port: int) -> subprocess
                 await writer.wait_closed()
                 return proc
             except OSError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert proc.poll() is None, (data_dir.parent / "server.log").read_text()
                 await asyncio.sleep(0.1)
 
 
@@ -114,8 +124,10 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
 
         db = sqlite3.connect(data_dir / "chatrun.db")
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        row = db.execute("SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'",
-                         (first["run_id"],)).fetchone()
+        row = db.execute(
+            "SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'",
+            (first["run_id"],),
+        ).fetchone()
         assert row[0] == "partial text"
         db.close()
 
@@ -126,14 +138,21 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
         assert resumed_seq >= seen_seq  # never goes back
         db = sqlite3.connect(data_dir / "chatrun.db")
         async with asyncio.timeout(10):
-            while db.execute("SELECT status FROM runs WHERE id = ?",
-                             (second["run_id"],)).fetchone()[0] != "completed":
+            while (
+                db.execute("SELECT status FROM runs WHERE id = ?", (second["run_id"],)).fetchone()[
+                    0
+                ]
+                != "completed"
+            ):
                 await asyncio.sleep(0.05)
-        status = db.execute("SELECT status FROM runs WHERE id = ?",
-                            (first["run_id"],)).fetchone()[0]
+        status = db.execute("SELECT status FROM runs WHERE id = ?", (first["run_id"],)).fetchone()[
+            0
+        ]
         assert status == "interrupted"
-        msg = db.execute("SELECT content, status FROM messages WHERE run_id = ? "
-                         "AND role = 'assistant'", (first["run_id"],)).fetchone()
+        msg = db.execute(
+            "SELECT content, status FROM messages WHERE run_id = ? AND role = 'assistant'",
+            (first["run_id"],),
+        ).fetchone()
         assert tuple(msg) == ("partial text", "interrupted")
         db.close()
         # events after the restart continue above every seq a client saw before the crash
@@ -147,5 +166,4 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        if proc.stderr:
-            proc.stderr.close()
+            proc.wait(5)

@@ -98,7 +98,9 @@ async def test_replay_falls_back_to_snapshot_when_events_are_no_longer_retained(
         # an up-to-date client gets an empty replay
         current = tab.seqs("old")[-1]
         assert await tab.call("resume", {"session_id": "old", "last_seq": current}) == {
-            "ok": True, "seq": current}
+            "ok": True,
+            "seq": current,
+        }
         assert tab.named("resumed")[-1]["replay"] is True
     finally:
         await tab.close()

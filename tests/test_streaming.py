@@ -75,12 +75,18 @@ async def test_history_and_session_id_are_sent_upstream(
 ) -> None:
     first = await tab.call("run", {"session_id": "hist", "input": "one"})
     await tab.wait_event("run.completed", run_id=first["run_id"])
-    second = await tab.call("run", {
-        "session_id": "hist",
-        "input": [{"type": "text", "text": "two"},
-                  {"type": "file", "name": "a.txt", "path": "/uploads/a.txt"}],
-        "instructions": "be brief", "model": "m1",
-    })
+    second = await tab.call(
+        "run",
+        {
+            "session_id": "hist",
+            "input": [
+                {"type": "text", "text": "two"},
+                {"type": "file", "name": "a.txt", "path": "/uploads/a.txt"},
+            ],
+            "instructions": "be brief",
+            "model": "m1",
+        },
+    )
     await tab.wait_event("run.completed", run_id=second["run_id"])
     body = hermes.requests[-1]
     assert body["session_id"] == "hist"

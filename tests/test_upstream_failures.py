@@ -100,9 +100,7 @@ async def test_dropped_stream_fails_and_keeps_the_text(
     assert (run["status"], run["error_code"]) == ("failed", "upstream_disconnected")
 
 
-async def test_keepalive_only_upstream_times_out(
-    server: ChatrunServer, hermes: FakeHermes
-) -> None:
+async def test_keepalive_only_upstream_times_out(server: ChatrunServer, hermes: FakeHermes) -> None:
     await server.restart(upstream_idle_timeout_s=0.5)
 
     async def script(run: FakeRun) -> None:

@@ -31,6 +31,9 @@ class UpstreamProbe:
                 except TimeoutError:
                     state = "unreachable"
                 cached = self._cache[name] = (time.monotonic(), state)
-            out[name] = {"kind": upstream.config.kind, "url": upstream.config.url,
-                         "state": cached[1]}
+            out[name] = {
+                "kind": upstream.config.kind,
+                "url": upstream.config.url,
+                "state": cached[1],
+            }
         return out

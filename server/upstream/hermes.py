@@ -32,10 +32,24 @@ log = logging.getLogger("chatrun.upstream.hermes")
 # Events of our own protocol that an upstream must never be able to inject.
 RESERVED_EVENTS = frozenset(
     {
-        "run.queued", "run.started", "usage.updated", "resumed", "abort.started",
-        "abort.completed", "compression.started", "compression.completed", "message.delta",
-        "reasoning.delta", "tool.started", "tool.completed", "run.completed", "run.failed",
-        "run.cancelled", "connect", "disconnect", "context.chunking",
+        "run.queued",
+        "run.started",
+        "usage.updated",
+        "resumed",
+        "abort.started",
+        "abort.completed",
+        "compression.started",
+        "compression.completed",
+        "message.delta",
+        "reasoning.delta",
+        "tool.started",
+        "tool.completed",
+        "run.completed",
+        "run.failed",
+        "run.cancelled",
+        "connect",
+        "disconnect",
+        "context.chunking",
     }
 )
 MAX_ERROR_BODY = 300
@@ -60,9 +74,7 @@ def http_error(status: int, body: str, what: str) -> UpstreamError:
         return UpstreamError(
             f"The upstream is busy (429){suffix}", UpstreamCode.RATE_LIMITED, retryable=True
         )
-    return UpstreamError(
-        f"Upstream {status}{suffix}", UpstreamCode.ERROR, retryable=status >= 500
-    )
+    return UpstreamError(f"Upstream {status}{suffix}", UpstreamCode.ERROR, retryable=status >= 500)
 
 
 def _error_detail(body: str) -> str:
@@ -93,9 +105,7 @@ def transport_error(exc: httpx.HTTPError, url: str) -> UpstreamError:
             retryable=True,
         )
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError(
-            f"The upstream at {url} did not answer in time", UpstreamCode.TIMEOUT
-        )
+        return UpstreamError(f"The upstream at {url} did not answer in time", UpstreamCode.TIMEOUT)
     return UpstreamError(
         f"The connection to the upstream broke ({type(exc).__name__})",
         UpstreamCode.DISCONNECTED,
@@ -118,11 +128,15 @@ class HermesUpstream:
         self._client = client
         self._base = config.url.rstrip("/")
         self._timeout = httpx.Timeout(
-            connect=connect_timeout, read=connect_timeout, write=connect_timeout,
+            connect=connect_timeout,
+            read=connect_timeout,
+            write=connect_timeout,
             pool=connect_timeout,
         )
         self._stream_timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=connect_timeout,
+            connect=connect_timeout,
+            read=read_timeout,
+            write=connect_timeout,
             pool=connect_timeout,
         )
         self._retry_backoff = retry_backoff
@@ -135,8 +149,7 @@ class HermesUpstream:
 
     def request_body(self, request: UpstreamRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "input": request.input if isinstance(request.input, str)
-            else input_text(request.input),
+            "input": request.input if isinstance(request.input, str) else input_text(request.input),
             "conversation_history": [
                 {"role": role, "content": content} for role, content in request.history
             ],
@@ -218,8 +231,9 @@ class HermesRun:
                     if isinstance(event, (Completed, Cancelled)):
                         return
         except SSEError as exc:
-            raise UpstreamError(f"The upstream event stream is not SSE: {exc}",
-                                UpstreamCode.PROTOCOL) from None
+            raise UpstreamError(
+                f"The upstream event stream is not SSE: {exc}", UpstreamCode.PROTOCOL
+            ) from None
         except httpx.HTTPError as exc:
             raise transport_error(exc, up._base) from None
         raise UpstreamError(
@@ -236,8 +250,7 @@ class HermesRun:
                 timeout=up._timeout,
             )
         except httpx.HTTPError as exc:
-            log.warning("stop request for %s failed: %s", self.upstream_run_id,
-                        type(exc).__name__)
+            log.warning("stop request for %s failed: %s", self.upstream_run_id, type(exc).__name__)
             return False
         return response.status_code == 200
 

@@ -26,8 +26,9 @@ _DROP = object()  # closes the connection without a terminal frame
 
 
 def _error(message: str, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                      "code": code}}
+    return {
+        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    }
 
 
 class FakeRun:
@@ -68,8 +69,9 @@ class FakeRun:
         self.queue.put_nowait(b": stream closed\n\n")
         self.queue.put_nowait(_END)
 
-    async def complete(self, output: str | None = None,
-                       usage: dict[str, int] | None = None) -> None:
+    async def complete(
+        self, output: str | None = None, usage: dict[str, int] | None = None
+    ) -> None:
         out = self.sent_text if output is None else output
         if usage is None:
             words = len(self.sent_text.split())
@@ -208,13 +210,17 @@ class FakeHermes:
         run_id = request.match_info["run_id"]
         run = self.runs.get(run_id)
         if run is None or run_id in self._streams:
-            return web.json_response(_error(f"Run not found: {run_id}", "run_not_found"),
-                                     status=404)
+            return web.json_response(
+                _error(f"Run not found: {run_id}", "run_not_found"), status=404
+            )
         self._streams.add(run_id)
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        })
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
         await response.prepare(request)
         run.subscribed.set()
         try:
@@ -252,8 +258,9 @@ class FakeHermes:
         self.stop_calls.append(run_id)
         run = self.runs.get(run_id)
         if run is None or run.terminal:
-            return web.json_response(_error(f"Run not found: {run_id}", "run_not_found"),
-                                     status=404)
+            return web.json_response(
+                _error(f"Run not found: {run_id}", "run_not_found"), status=404
+            )
         run.stop_requested.set()
         if not self.ignore_stop and run.task is not None:
             run.task.cancel()

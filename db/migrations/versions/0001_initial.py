@@ -28,7 +28,9 @@ def upgrade() -> None:
         "sessions",
         sa.Column("id", sa.String(128), primary_key=True),
         sa.Column(
-            "owner_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="CASCADE"),
+            "owner_id",
+            sa.Integer(),
+            sa.ForeignKey("users.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("title", sa.String(200), nullable=False),
@@ -45,7 +47,9 @@ def upgrade() -> None:
         "messages",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column(
-            "session_id", sa.String(128), sa.ForeignKey("sessions.id", ondelete="CASCADE"),
+            "session_id",
+            sa.String(128),
+            sa.ForeignKey("sessions.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("run_id", sa.String(40), nullable=True),
@@ -66,7 +70,9 @@ def upgrade() -> None:
         "runs",
         sa.Column("id", sa.String(40), primary_key=True),
         sa.Column(
-            "session_id", sa.String(128), sa.ForeignKey("sessions.id", ondelete="CASCADE"),
+            "session_id",
+            sa.String(128),
+            sa.ForeignKey("sessions.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("queue_id", sa.String(128), nullable=False),
@@ -86,9 +92,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.Float(), nullable=True),
         sa.UniqueConstraint("session_id", "queue_id", name="uq_runs_session_queue_id"),
     )
-    op.create_index(
-        "ix_runs_session_status_position", "runs", ["session_id", "status", "position"]
-    )
+    op.create_index("ix_runs_session_status_position", "runs", ["session_id", "status", "position"])
     op.create_index("ix_runs_status", "runs", ["status"])
 
 
