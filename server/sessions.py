@@ -35,6 +35,7 @@ STATE_EVENTS = frozenset(
     {"compression.started", "compression.completed", "abort.started", "abort.completed"}
 )
 COALESCED = "message.delta"
+SENDER_LINGER = 5.0  # seconds a sender of a session with an active run waits for more events
 
 
 def room(session_id: str) -> str:
@@ -112,6 +113,7 @@ class SessionState:
         self.state_events: list[dict[str, Any]] = []
         self.outbox: deque[_Item] = deque()
         self.sender: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()  # set when the outbox gets an item for a waiting sender
         self.touched = time.monotonic()
         self.updated_at = record.updated_at  # wall-clock time of the last event
 
@@ -239,10 +241,23 @@ class SessionHub:
         state.touched = time.monotonic()
         if state.sender is None:
             state.sender = self.tasks.spawn(self._send_loop(state), name=f"sender:{state.id}")
+        else:
+            state.wake.set()
 
     async def _send_loop(self, state: SessionState) -> None:
+        """Send the outbox in order; linger while a run is active (no task per event)."""
         try:
-            while state.outbox:
+            while True:
+                if not state.outbox:
+                    state.wake.clear()
+                    if state.active is None:
+                        break
+                    try:
+                        async with asyncio.timeout(SENDER_LINGER):
+                            await state.wake.wait()
+                    except TimeoutError:
+                        pass
+                    continue
                 item = state.outbox.popleft()
                 try:
                     if item.kind == "resume":

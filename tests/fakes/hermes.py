@@ -132,7 +132,7 @@ class FakeHermes:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_post("/v1/runs", self._post_run)
         app.router.add_get("/v1/runs/{run_id}/events", self._events)
@@ -141,7 +141,7 @@ class FakeHermes:
         app.router.add_get("/v1/health", self._health)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         server = site._server
         assert server is not None and server.sockets
