@@ -50,6 +50,8 @@ def main() -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # one line per upstream HTTP request is noise next to Chatrun's one line per run transition
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     try:
         asyncio.run(serve(settings))
     except ConfigError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -516,7 +517,7 @@ class RunManager:
             if output is None and transcript is not None:
                 output = transcript.text
             usage = outcome.usage or {}
-            return "run.completed", {
+            data: dict[str, Any] = {
                 "run_id": run_id,
                 "output": output or "",
                 "usage": {
@@ -527,6 +528,10 @@ class RunManager:
                 "queue_remaining": remaining,
                 "finish_reason": outcome.finish_reason,
             }
+            parsed = parsed_content(output or "")
+            if parsed is not None:
+                data["parsed_content"] = parsed
+            return "run.completed", data
         if outcome.status == RunStatus.CANCELLED:
             return "run.cancelled", {"run_id": run_id, "queue_remaining": remaining}
         return "run.failed", {
@@ -566,6 +571,29 @@ class RunManager:
 
     def active_runs(self) -> int:
         return sum(1 for s in self.hub.sessions.values() if s.active is not None)
+
+
+def parsed_content(output: str) -> str | None:
+    """The text of an output that is a stringified content array (``[{"type":"text",…}]``).
+
+    Some agent backends hand back a model's raw content blocks as the final output; clients
+    show ``parsed_content`` instead of the JSON.
+    """
+    stripped = output.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return None
+    try:
+        blocks = json.loads(stripped)
+    except ValueError:
+        return None
+    if (
+        not isinstance(blocks, list)
+        or not blocks
+        or not all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in blocks)
+    ):
+        return None
+    texts = [b["text"] for b in blocks if b["type"] == "text" and isinstance(b.get("text"), str)]
+    return "".join(texts) if texts else None
 
 
 def _pop_call(open_tools: dict[str, list[str]], tool: str) -> str:

@@ -140,3 +140,21 @@ async def test_tool_activity_is_kept_apart_from_the_answer(
     await tab.wait_event("run.completed", run_id=second["run_id"])
     history = hermes.requests[-1]["conversation_history"]
     assert [h["role"] for h in history] == ["user", "assistant", "assistant"]
+
+
+async def test_stringified_content_array_output_gets_parsed_content(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    async def script(run: FakeRun) -> None:
+        await run.complete(
+            output='[{"type": "text", "text": "Hello"}, {"type": "text", "text": " world"}]'
+        )
+
+    hermes.script = script
+    ack = await tab.call("run", {"session_id": "parsed", "input": "hi"})
+    done = await tab.wait_event("run.completed", run_id=ack["run_id"])
+    assert done["parsed_content"] == "Hello world"
+    hermes.script = None
+    plain = await tab.call("run", {"session_id": "parsed", "input": "again"})
+    done = await tab.wait_event("run.completed", run_id=plain["run_id"])
+    assert "parsed_content" not in done
