@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.engine import create_engine, migrate
@@ -345,18 +345,64 @@ class Store:
         result = await conn.execute(insert(Message).values(**values).returning(Message.id))
         return int(result.scalar_one())
 
-    async def recent_messages(self, session_id: str, limit: int) -> list[MessageRecord]:
-        """The newest ``limit`` messages of a session, oldest first."""
+    async def recent_messages(
+        self, session_id: str, limit: int, before_id: int | None = None
+    ) -> list[MessageRecord]:
+        """The newest ``limit`` messages of a session (older than ``before_id``), oldest first."""
+        query = select(Message).where(Message.session_id == session_id)
+        if before_id is not None:
+            query = query.where(Message.id < before_id)
         async with self._read() as conn:
-            rows = await conn.execute(
-                select(Message)
-                .where(Message.session_id == session_id)
-                .order_by(Message.id.desc())
-                .limit(limit)
-            )
+            rows = await conn.execute(query.order_by(Message.id.desc()).limit(limit))
             records = [_message(r._mapping) for r in rows]
         records.reverse()
         return records
+
+    async def list_sessions(
+        self, owner_id: int, limit: int, before: tuple[float, str] | None
+    ) -> list[tuple[SessionRecord, str, int]]:
+        """A page of the owner's sessions, newest activity first: ``(session, preview, count)``.
+
+        ``before`` is the ``(updated_at, id)`` of the last session of the previous page.
+        """
+        count = (
+            select(func.count(Message.id)).where(Message.session_id == Session.id).scalar_subquery()
+        )
+        preview = (
+            select(Message.content)
+            .where(
+                Message.session_id == Session.id,
+                Message.role.in_(("user", "assistant")),
+                Message.content != "",
+            )
+            .order_by(Message.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = select(Session, count.label("n"), preview.label("preview")).where(
+            Session.owner_id == owner_id
+        )
+        if before is not None:
+            updated, sid = before
+            query = query.where(
+                (Session.updated_at < updated)
+                | ((Session.updated_at == updated) & (Session.id < sid))
+            )
+        query = query.order_by(Session.updated_at.desc(), Session.id.desc()).limit(limit)
+        async with self._read() as conn:
+            rows = await conn.execute(query)
+            return [(_session(r._mapping), (r.preview or "")[:160], int(r.n)) for r in rows]
+
+    async def rename_session(self, session_id: str, title: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(update(Session).where(Session.id == session_id).values(title=title))
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete a session with its messages and runs."""
+        async with self._write() as conn:
+            await conn.execute(delete(Message).where(Message.session_id == session_id))
+            await conn.execute(delete(Run).where(Run.session_id == session_id))
+            await conn.execute(delete(Session).where(Session.id == session_id))
 
     async def history(self, session_id: str, before_id: int) -> list[tuple[str, str]]:
         """``(role, content)`` of the user and assistant turns before a message, oldest first.

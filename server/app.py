@@ -21,6 +21,7 @@ from server.auth import Authenticator
 from server.eventlog import EventLog, MemoryEventLog
 from server.events import Limits
 from server.flusher import Flusher
+from server.http.api import SessionApi, api_errors
 from server.http.health import UpstreamProbe
 from server.http.static import add_static_routes, security_headers
 from server.namespace import ChatRunNamespace
@@ -99,10 +100,11 @@ def create_app(
         store or Store(settings.resolved_database_url),
         eventlog or MemoryEventLog(settings.retained_events),
     )
-    app = web.Application(middlewares=[security_headers])
+    app = web.Application(middlewares=[api_errors, security_headers])
     app[CHATRUN] = chatrun
     sio.attach(app)
     app.router.add_get("/healthz", healthz)
+    SessionApi(chatrun).register(app)
     app.cleanup_ctx.append(_lifecycle(chatrun, upstreams))
     app.on_shutdown.append(_shutdown)
     add_static_routes(app, STATIC_DIR)

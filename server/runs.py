@@ -127,6 +127,8 @@ class RunManager:
             self.upstreams.get(profile)  # raises NotFound with the known profiles
         async with self.hub.lock(req.session_id):
             state = await self.owned(user, req.session_id)
+            if state is not None and state.deleting:
+                raise NotFound(f"session {req.session_id!r} is being deleted")
             if state is not None:
                 existing = await self.store.run_by_queue_id(state.id, req.queue_id)
                 if existing is not None:
@@ -245,6 +247,32 @@ class RunManager:
                 log.info("run %s session %s aborting", active.id, session_id)
                 self.tasks.spawn(self._abort(active), name=f"abort:{active.id}")
             return {"ok": True, "aborting": True}
+
+    async def delete_session(self, user: UserRecord, session_id: str) -> None:
+        """Delete a session: its queue is cancelled and a running run aborted first."""
+        state = await self.owned(user, session_id)
+        if state is None:
+            raise NotFound(f"no session {session_id!r}")
+        async with self.hub.lock(session_id):
+            state.deleting = True
+            for record in state.queue:
+                await self.store.cancel_queued(record.id)
+            state.queue.clear()
+            active = state.active
+            if active is not None and not active.aborting:
+                active.aborting = True
+                self.hub.publish(
+                    state,
+                    "abort.started",
+                    {"run_id": active.id, "graceMs": self.settings.abort_grace_ms},
+                )
+                self.tasks.spawn(self._abort(active), name=f"abort:{active.id}")
+        if active is not None:
+            await active.abort_done.wait()
+        async with self.hub.lock(session_id):
+            await self.store.delete_session(session_id)
+            self.hub.forget(session_id)
+        log.info("session %s deleted", session_id)
 
     async def _abort(self, active: ActiveRun) -> None:
         """Ask the upstream to stop, wait for it up to the grace time, then cut the run."""

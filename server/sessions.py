@@ -113,6 +113,7 @@ class SessionState:
         self.state_events: list[dict[str, Any]] = []
         self.outbox: deque[_Item] = deque()
         self.sender: asyncio.Task[None] | None = None
+        self.deleting = False
         self.wake = asyncio.Event()  # set when the outbox gets an item for a waiting sender
         self.touched = time.monotonic()
         self.updated_at = record.updated_at  # wall-clock time of the last event
@@ -211,6 +212,13 @@ class SessionHub:
         ]:
             del self._locks[sid]
         return evicted
+
+    def forget(self, session_id: str) -> None:
+        """Drop a deleted session from memory."""
+        self.sessions.pop(session_id, None)
+        self._locks.pop(session_id, None)
+        self.dirty.discard(session_id)
+        self.eventlog.drop(session_id)
 
     # -- publishing ---------------------------------------------------------------------------
 
