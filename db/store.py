@@ -10,9 +10,9 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -31,6 +31,7 @@ from db.records import (
 from server.errors import Forbidden
 
 ACTIVE_RUN_STATUSES = ("running",)
+T = TypeVar("T")
 
 
 def hash_token(token: str) -> str:
@@ -60,10 +61,19 @@ class Store:
             raise RuntimeError("store is not open")
         return self._engine
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+    async def _transact(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``fn`` in one write transaction, to its end even if the caller is cancelled.
+
+        A transaction cut off by cancellation would leave SQLite's write lock with a
+        half-closed connection; instead the write finishes in its own task and the caller's
+        cancellation takes effect afterwards.
+        """
+
+        async def run() -> T:
+            async with self._write_lock, self.engine.begin() as conn:
+                return await fn(conn)
+
+        return await asyncio.shield(asyncio.ensure_future(run()))
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -83,7 +93,8 @@ class Store:
     async def sync_users(self, tokens: dict[str, str]) -> None:
         """Create or update users from ``{name: token}`` (tokens are stored hashed)."""
         now = time.time()
-        async with self._write() as conn:
+
+        async def tx(conn: AsyncConnection) -> None:
             for name, token in tokens.items():
                 digest = hash_token(token)
                 row = (
@@ -112,6 +123,8 @@ class Store:
                         .values(token_hash=digest, revoked_at=None)
                     )
 
+        await self._transact(tx)
+
     async def user_by_token(self, token: str) -> UserRecord | None:
         async with self._read() as conn:
             row = (
@@ -133,12 +146,15 @@ class Store:
         user = await self.user_by_name(name)
         if user is not None:
             return user
-        async with self._write() as conn:
+
+        async def tx(conn: AsyncConnection) -> None:
             await conn.execute(
                 insert(User).values(
                     name=name, token_hash=hash_token(f"no-token:{name}"), created_at=time.time()
                 )
             )
+
+        await self._transact(tx)
         user = await self.user_by_name(name)
         assert user is not None
         return user
@@ -158,7 +174,8 @@ class Store:
         The stored ``last_seq`` becomes a ceiling of what may be emitted, so that a crash can
         never make a sequence number be used twice.
         """
-        async with self._write() as conn:
+
+        async def tx(conn: AsyncConnection) -> tuple[SessionRecord, list[RunRecord]] | None:
             row = (await conn.execute(select(Session).where(Session.id == session_id))).first()
             if row is None:
                 return None
@@ -169,7 +186,9 @@ class Store:
                 .values(last_seq=record.last_seq + seq_reserve)
             )
             queued = await self._queued_runs(conn, session_id)
-        return record, queued
+            return record, queued
+
+        return await self._transact(tx)
 
     async def _queued_runs(self, conn: AsyncConnection, session_id: str) -> list[RunRecord]:
         rows = await conn.execute(
@@ -180,10 +199,12 @@ class Store:
         return [_run(r._mapping) for r in rows]
 
     async def reserve_seq(self, session_id: str, ceiling: int) -> None:
-        async with self._write() as conn:
+        async def tx(conn: AsyncConnection) -> None:
             await conn.execute(
                 update(Session).where(Session.id == session_id).values(last_seq=ceiling)
             )
+
+        await self._transact(tx)
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -200,7 +221,8 @@ class Store:
         ``queue_id``, that run is returned and nothing is written. Raises ``Forbidden`` when
         the session belongs to another user.
         """
-        async with self._write() as conn:
+
+        async def tx(conn: AsyncConnection) -> tuple[RunRecord, bool]:
             owner = (
                 await conn.execute(select(Session.owner_id).where(Session.id == run.session_id))
             ).first()
@@ -257,7 +279,9 @@ class Store:
                 .where(Session.id == run.session_id)
                 .values(updated_at=run.created_at)
             )
-        return run, False
+            return run, False
+
+        return await self._transact(tx)
 
     async def run_by_queue_id(self, session_id: str, queue_id: str) -> RunRecord | None:
         async with self._read() as conn:
@@ -274,18 +298,21 @@ class Store:
         return None if row is None else _run(row._mapping)
 
     async def cancel_queued(self, run_id: str) -> bool:
-        async with self._write() as conn:
+        async def tx(conn: AsyncConnection) -> bool:
             result = await conn.execute(
                 update(Run)
                 .where(Run.id == run_id, Run.status == "queued")
                 .values(status="cancelled", finished_at=time.time())
             )
-        return bool(result.rowcount)
+            return bool(result.rowcount)
+
+        return await self._transact(tx)
 
     async def start_run(self, run_id: str, user_message: dict[str, Any]) -> int:
         """Mark the run running and save its user message; returns the message id."""
         now = time.time()
-        async with self._write() as conn:
+
+        async def tx(conn: AsyncConnection) -> int:
             await conn.execute(
                 update(Run).where(Run.id == run_id).values(status="running", started_at=now)
             )
@@ -295,13 +322,17 @@ class Store:
                 .where(Session.id == user_message["session_id"])
                 .values(updated_at=now)
             )
-        return message_id
+            return message_id
+
+        return await self._transact(tx)
 
     async def set_upstream_run_id(self, run_id: str, upstream_run_id: str) -> None:
-        async with self._write() as conn:
+        async def tx(conn: AsyncConnection) -> None:
             await conn.execute(
                 update(Run).where(Run.id == run_id).values(upstream_run_id=upstream_run_id)
             )
+
+        await self._transact(tx)
 
     async def recover_interrupted(self, error: str) -> list[str]:
         """After a stop or crash: in-flight runs become ``interrupted`` (their text kept).
@@ -309,7 +340,8 @@ class Store:
         Returns the ids of sessions that still have queued runs.
         """
         now = time.time()
-        async with self._write() as conn:
+
+        async def tx(conn: AsyncConnection) -> list[str]:
             await conn.execute(
                 update(Run)
                 .where(Run.status.in_(ACTIVE_RUN_STATUSES))
@@ -327,11 +359,15 @@ class Store:
             )
             return [r.session_id for r in rows]
 
+        return await self._transact(tx)
+
     # -- messages -----------------------------------------------------------------------------
 
     async def insert_message(self, message: dict[str, Any]) -> int:
-        async with self._write() as conn:
+        async def tx(conn: AsyncConnection) -> int:
             return await self._insert_message(conn, message, time.time())
+
+        return await self._transact(tx)
 
     async def _insert_message(
         self, conn: AsyncConnection, message: dict[str, Any], now: float
@@ -394,15 +430,20 @@ class Store:
             return [(_session(r._mapping), (r.preview or "")[:160], int(r.n)) for r in rows]
 
     async def rename_session(self, session_id: str, title: str) -> None:
-        async with self._write() as conn:
+        async def tx(conn: AsyncConnection) -> None:
             await conn.execute(update(Session).where(Session.id == session_id).values(title=title))
+
+        await self._transact(tx)
 
     async def delete_session(self, session_id: str) -> None:
         """Delete a session with its messages and runs."""
-        async with self._write() as conn:
+
+        async def tx(conn: AsyncConnection) -> None:
             await conn.execute(delete(Message).where(Message.session_id == session_id))
             await conn.execute(delete(Run).where(Run.session_id == session_id))
             await conn.execute(delete(Session).where(Session.id == session_id))
+
+        await self._transact(tx)
 
     async def history(self, session_id: str, before_id: int) -> list[tuple[str, str]]:
         """``(role, content)`` of the user and assistant turns before a message, oldest first.
@@ -428,7 +469,8 @@ class Store:
         """Write one flush batch in a single transaction."""
         if not batch:
             return
-        async with self._write() as conn:
+
+        async def tx(conn: AsyncConnection) -> None:
             if batch.messages:
                 await conn.execute(
                     update(Message)
@@ -488,6 +530,8 @@ class Store:
                         finish_reason=run.finish_reason,
                     )
                 )
+
+        await self._transact(tx)
 
 
 def _session(m: Any) -> SessionRecord:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,15 +16,17 @@ import httpx
 import socketio
 from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from db.store import Store
-from server.auth import Authenticator
+from server.auth import Authenticator, bearer_token
 from server.eventlog import EventLog, MemoryEventLog
 from server.events import Limits
 from server.flusher import Flusher
 from server.http.api import SessionApi, api_errors
 from server.http.health import UpstreamProbe
 from server.http.static import add_static_routes, security_headers
+from server.metrics import Metrics
 from server.namespace import ChatRunNamespace
 from server.runs import RunManager
 from server.sessions import Emitter, SessionHub
@@ -47,9 +50,11 @@ class Chatrun:
         self.sio = sio
         self.store = store
         self.tasks = TaskSet()
+        self.metrics = Metrics()
         self.auth = Authenticator(settings, store)
-        self.hub = SessionHub(settings, store, Emitter(sio), eventlog, self.tasks)
-        self.flusher = Flusher(self.hub, store, settings.flush_interval)
+        self.hub = SessionHub(settings, store, Emitter(sio), eventlog, self.tasks, self.metrics)
+        self.flusher = Flusher(self.hub, store, settings.flush_interval, self.metrics)
+        self.namespace: ChatRunNamespace | None = None
         self.limits = Limits(settings.max_input_chars, settings.max_content_blocks)
         # set when the app starts (they need the running loop / an open HTTP session)
         self._upstreams: Upstreams | None = None
@@ -70,9 +75,15 @@ class Chatrun:
     def start_components(self, upstreams: Upstreams) -> None:
         self._upstreams = upstreams
         self._runs = RunManager(
-            self.settings, self.store, self.hub, self.flusher, upstreams, self.tasks
+            self.settings, self.store, self.hub, self.flusher, upstreams, self.tasks, self.metrics
         )
-        self.probe = UpstreamProbe(upstreams)
+        self.probe = UpstreamProbe(upstreams, self.metrics)
+        self.namespace = ChatRunNamespace(self.auth, self.runs, self.hub, self.limits)
+        self.metrics.bind(
+            sockets=lambda: len(self.namespace.connections) if self.namespace else 0,
+            active_runs=self.runs.active_runs,
+            queue_depth=lambda: sum(len(s.queue) for s in self.hub.sessions.values()),
+        )
 
 
 CHATRUN = web.AppKey("chatrun", Chatrun)
@@ -104,6 +115,7 @@ def create_app(
     app[CHATRUN] = chatrun
     sio.attach(app)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
     SessionApi(chatrun).register(app)
     app.cleanup_ctx.append(_lifecycle(chatrun, upstreams))
     app.on_shutdown.append(_shutdown)
@@ -125,12 +137,14 @@ def _lifecycle(chatrun: Chatrun, injected: Upstreams | None) -> Any:
         try:
             await chatrun.auth.prepare()
             chatrun.start_components(injected or Upstreams(settings, client))
-            chatrun.sio.register_namespace(
-                ChatRunNamespace(chatrun.auth, chatrun.runs, chatrun.hub, chatrun.limits)
-            )
+            assert chatrun.namespace is not None
+            chatrun.sio.register_namespace(chatrun.namespace)
             await chatrun.runs.recover()
             chatrun.tasks.spawn(chatrun.flusher.run(), name="flusher")
             chatrun.tasks.spawn(_evict_loop(chatrun), name="evict")
+            chatrun.tasks.spawn(chatrun.metrics.watch_loop_lag(), name="loop-lag")
+            assert chatrun.probe is not None
+            chatrun.tasks.spawn(chatrun.probe.watch(), name="upstream-probe")
             gc.freeze()  # start-up objects live forever: keep them out of collections
             yield
         finally:
@@ -166,6 +180,20 @@ async def _evict_loop(chatrun: Chatrun) -> None:
     while True:
         await asyncio.sleep(EVICT_EVERY)
         await chatrun.hub.evict_idle()
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    chatrun = request.app[CHATRUN]
+    expected = chatrun.settings.metrics_token
+    if expected:
+        token = bearer_token(request.headers.get("Authorization")) or ""
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            return web.json_response(
+                {"error": {"code": "unauthorized", "message": "metrics need the metrics token"}},
+                status=401,
+            )
+    body = generate_latest(chatrun.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:

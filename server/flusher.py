@@ -8,14 +8,16 @@ import time
 
 from db.records import FlushBatch, RunFinish
 from db.store import Store
+from server.metrics import Metrics
 from server.sessions import SEQ_BLOCK, SessionHub, SessionState
 
 log = logging.getLogger("chatrun.flusher")
 
 
 class Flusher:
-    def __init__(self, hub: SessionHub, store: Store, interval: float) -> None:
+    def __init__(self, hub: SessionHub, store: Store, interval: float, metrics: Metrics) -> None:
         self.hub = hub
+        self.metrics = metrics
         self.store = store
         self.interval = interval
         self._lock = asyncio.Lock()
@@ -34,7 +36,8 @@ class Flusher:
     async def flush(self, *, exact: bool = False) -> None:
         """Write every dirty session. ``exact`` stores the true last seq (clean shutdown)."""
         async with self._lock:
-            ids = list(self.hub.dirty)
+            # a clean stop writes every loaded session: its exact last seq replaces the ceiling
+            ids = list(self.hub.sessions) if exact else list(self.hub.dirty)
             self.hub.dirty.clear()
             states = [s for sid in ids if (s := self.hub.sessions.get(sid)) is not None]
             await self._write(states, [], exact=exact)
@@ -85,5 +88,8 @@ class Flusher:
         self.flushes += 1
         self.last_batch_size = len(states)
         elapsed = time.perf_counter() - started
+        if states:
+            self.metrics.flush_seconds.observe(elapsed)
+            self.metrics.flush_sessions.observe(len(states))
         if elapsed > self.interval:
             log.warning("flush of %d sessions took %.0f ms", len(states), elapsed * 1000)

@@ -26,6 +26,7 @@ from server.errors import (
 )
 from server.events import RunPayload, input_text, new_run_id
 from server.flusher import Flusher
+from server.metrics import Metrics
 from server.sessions import ActiveRun, SessionHub, SessionState
 from server.settings import Settings
 from server.tasks import TaskSet
@@ -99,8 +100,10 @@ class RunManager:
         flusher: Flusher,
         upstreams: Upstreams,
         tasks: TaskSet,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.hub = hub
         self.flusher = flusher
@@ -360,6 +363,7 @@ class RunManager:
         instructions = (
             "\n\n".join(p for p in (self.settings.system_prompt, record.instructions) if p) or None
         )
+        active.requested = time.perf_counter()
         handle = await upstream.start(
             UpstreamRequest(
                 session_id=state.id,
@@ -417,6 +421,10 @@ class RunManager:
                 publish = self.hub.publish
                 if isinstance(event, TextDelta):
                     if event.text:
+                        self.metrics.deltas.inc()
+                        if not active.first_token:
+                            active.first_token = True
+                            self.metrics.ttft.observe(time.perf_counter() - active.requested)
                         publish(
                             state,
                             "message.delta",
@@ -526,6 +534,7 @@ class RunManager:
             state.active = None
             state.transcript = None
             active.abort_done.set()
+            self.metrics.runs.labels(outcome.status.value).inc()
             log.info(
                 "run %s session %s %s after %.3fs%s",
                 record.id,

@@ -10,18 +10,24 @@ numbered events: snapshot plus the events that follow is the transcript, nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
 
 from db.records import MessageRecord, RunRecord, SessionRecord
 from db.store import Store
 from server.eventlog import EventLog
 from server.events import input_text
+from server.metrics import Metrics
 from server.settings import Settings
 from server.tasks import TaskSet
 from server.transcript import Transcript
@@ -42,21 +48,62 @@ def room(session_id: str) -> str:
     return f"session:{session_id}"
 
 
-def _encode(payload: dict[str, Any]) -> str:
+PACKET_PREFIX = f"2{NAMESPACE},"  # a Socket.IO EVENT packet of our namespace
+
+
+def _encode(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
 class Emitter:
-    """The two operations the hub needs from Socket.IO (the seam for other transports)."""
+    """What the hub needs from Socket.IO (the seam for other transports).
+
+    With the in-process client manager, events are encoded once (the same string the retained
+    log keeps) and written to each socket of the room directly; with any other manager (for
+    several processes) they go through ``AsyncServer.emit``.
+    """
 
     def __init__(self, sio: Any) -> None:
         self._sio = sio
 
-    async def to_room(self, session_id: str, event: str, payload: dict[str, Any]) -> None:
-        await self._sio.emit(event, payload, room=room(session_id), namespace=NAMESPACE)
+    @property
+    def _fast(self) -> bool:
+        return type(self._sio.manager) is socketio.AsyncManager
 
-    async def to_socket(self, sid: str, event: str, payload: dict[str, Any]) -> None:
-        await self._sio.emit(event, payload, to=sid, namespace=NAMESPACE)
+    async def to_room(
+        self, session_id: str, event: str, payload: dict[str, Any], encoded: str | None = None
+    ) -> None:
+        if not self._fast:
+            await self._sio.emit(event, payload, room=room(session_id), namespace=NAMESPACE)
+            return
+        pkt = eio_packet.Packet(
+            eio_packet.MESSAGE, PACKET_PREFIX + (encoded or _encode([event, payload]))
+        )
+        for _sid, eio_sid in self._sio.manager.get_participants(NAMESPACE, room(session_id)):
+            with contextlib.suppress(Exception):  # a socket that is closing
+                await self._sio._send_eio_packet(eio_sid, pkt)
+
+    async def to_socket(
+        self,
+        sid: str,
+        event: str,
+        payload: dict[str, Any] | None = None,
+        encoded: str | None = None,
+    ) -> None:
+        if payload is None:
+            assert encoded is not None
+            event, payload = json.loads(encoded)
+        if not self._fast:
+            await self._sio.emit(event, payload, to=sid, namespace=NAMESPACE)
+            return
+        eio_sid = self._sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is None:
+            return
+        pkt = eio_packet.Packet(
+            eio_packet.MESSAGE, PACKET_PREFIX + (encoded or _encode([event, payload]))
+        )
+        with contextlib.suppress(Exception):
+            await self._sio._send_eio_packet(eio_sid, pkt)
 
     async def join(self, sid: str, session_id: str) -> None:
         await self._sio.enter_room(sid, room(session_id), namespace=NAMESPACE)
@@ -76,6 +123,8 @@ class ActiveRun:
     aborting: bool = False
     stop_confirmed: bool = False
     abort_done: asyncio.Event = field(default_factory=asyncio.Event)
+    requested: float = 0.0  # perf_counter when the run was sent upstream
+    first_token: bool = False
 
     @property
     def id(self) -> str:
@@ -95,6 +144,8 @@ class _Item:
     # for "resume"
     sid: str = ""
     last_seq: int | None = None
+    # when a delta was read off the upstream (relay-overhead metric)
+    t: float = 0.0
 
 
 class SessionState:
@@ -137,9 +188,11 @@ class SessionHub:
         emitter: Emitter,
         eventlog: EventLog,
         tasks: TaskSet,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics
         self.emitter = emitter
         self.eventlog = eventlog
         self.tasks = tasks
@@ -224,7 +277,7 @@ class SessionHub:
 
     def publish(self, state: SessionState, name: str, data: dict[str, Any]) -> None:
         """Queue a session event; it is numbered and emitted in order by the sender."""
-        self._push(state, _Item("event", name, data))
+        self._push(state, _Item("event", name, data, t=perf_counter()))
 
     async def publish_wait(
         self,
@@ -276,6 +329,8 @@ class SessionHub:
                         if item.before is not None:
                             await item.before()
                         result = await self._emit(state, item.name, item.data)
+                        if item.name == COALESCED:
+                            self.metrics.relay_overhead.observe(perf_counter() - item.t)
                 except Exception as exc:
                     log.exception("session %s: sending %s failed", state.id, item.name or "resume")
                     if item.done is not None and not item.done.done():
@@ -323,11 +378,13 @@ class SessionHub:
         state.seq = seq
         state.updated_at = time.time()
         payload = {"event": name, "session_id": state.id, "seq": seq, **data}
-        self.eventlog.append(state.id, seq, _encode(payload))
+        encoded = _encode([name, payload])
+        self.eventlog.append(state.id, seq, encoded)
         if name in STATE_EVENTS:
             state.state_events.append({"event": name, "data": payload})
         self.dirty.add(state.id)
-        await self.emitter.to_room(state.id, name, payload)
+        self.metrics.events.inc()
+        await self.emitter.to_room(state.id, name, payload, encoded)
         return seq
 
     # -- resume -------------------------------------------------------------------------------
@@ -361,6 +418,7 @@ class SessionHub:
     async def resume_unknown(self, sid: str, session_id: str) -> int:
         """``resume`` of a session that does not exist: an empty answer, nothing created."""
         await self.emitter.to_socket(sid, "resumed", self._resumed(None, session_id, 0, [], False))
+        self.metrics.resumes.labels("unknown").inc()
         return 0
 
     async def _answer_resume(self, state: SessionState, sid: str, last_seq: int | None) -> int:
@@ -373,8 +431,9 @@ class SessionHub:
                 sid, "resumed", self._resumed(state, state.id, last_seq, [], True)
             )
             for encoded in replayed:
-                payload = json.loads(encoded)
-                await self.emitter.to_socket(sid, payload["event"], payload)
+                await self.emitter.to_socket(sid, "", encoded=encoded)
+            self.metrics.resumes.labels("replay").inc()
+            self.metrics.replayed.inc(len(replayed))
             return last_seq
         messages = await self.snapshot_messages(state)
         await self.emitter.join(sid, state.id)
@@ -383,6 +442,7 @@ class SessionHub:
             "resumed",
             self._resumed(state, state.id, state.seq, [m.to_payload() for m in messages], False),
         )
+        self.metrics.resumes.labels("snapshot").inc()
         return state.seq
 
     async def snapshot_messages(self, state: SessionState) -> list[MessageRecord]:

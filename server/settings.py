@@ -76,6 +76,9 @@ class Settings:
     session_idle_evict_s: float = _setting(
         600.0, "Idle sessions (no run, no queue) leave memory after this long."
     )
+    metrics_token: str = _setting(
+        "", "When set, `GET /metrics` needs `Authorization: Bearer <this token>`."
+    )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
 
     @classmethod

@@ -15,7 +15,8 @@ from db.models import Base
 from db.store import Store
 from server.errors import ConfigError
 from server.settings import Settings, setting_docs
-from tests.helpers import ChatrunServer
+from tests.fakes.hermes import FakeHermes
+from tests.helpers import ChatrunServer, Tab
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_SETTINGS = [
@@ -120,3 +121,43 @@ async def test_generated_token_is_stored_in_the_data_dir(tmp_path: Path) -> None
     await srv.start()
     await srv.stop()
     assert token_file.read_text().strip() == token
+
+
+async def test_metrics_are_exposed_in_prometheus_format(
+    server: ChatrunServer, hermes: FakeHermes
+) -> None:
+    tab = Tab(server.url)
+    await tab.connect()
+    try:
+        ack = await tab.call("run", {"session_id": "m", "input": "hi"})
+        await tab.wait_event("run.completed", run_id=ack["run_id"])
+        await tab.call("resume", {"session_id": "m"})
+        async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            body = await resp.text()
+    finally:
+        await tab.close()
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in body.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["chatrun_connected_sockets"] == 1
+    assert values['chatrun_runs_total{outcome="completed"}'] == 1
+    assert values["chatrun_deltas_relayed_total"] == 6
+    assert values['chatrun_resumes_total{mode="snapshot"}'] == 1
+    assert values["chatrun_upstream_time_to_first_token_seconds_count"] == 1
+    assert values["chatrun_relay_overhead_seconds_count"] >= 1
+    assert values["chatrun_event_loop_lag_seconds_count"] >= 0
+    assert values['chatrun_upstream_up{profile="default"}'] == 1
+
+
+async def test_metrics_token_protects_metrics(server: ChatrunServer) -> None:
+    await server.restart(metrics_token="m-secret")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/metrics") as resp:
+            assert resp.status == 401
+        headers = {"Authorization": "Bearer m-secret"}
+        async with http.get(server.url + "/metrics", headers=headers) as resp:
+            assert resp.status == 200

@@ -6,18 +6,27 @@ import asyncio
 import time
 from typing import Any
 
+from server.metrics import Metrics
 from server.upstream.registry import Upstreams
 
 PROBE_TTL = 5.0
 PROBE_TIMEOUT = 2.0
+WATCH_INTERVAL = 30.0
 
 
 class UpstreamProbe:
     """Cached quick probes of each upstream (one request per upstream per few seconds)."""
 
-    def __init__(self, upstreams: Upstreams) -> None:
+    def __init__(self, upstreams: Upstreams, metrics: Metrics) -> None:
         self.upstreams = upstreams
+        self.metrics = metrics
         self._cache: dict[str, tuple[float, str]] = {}
+
+    async def watch(self) -> None:
+        """Probe every upstream now and then, so metrics show their state."""
+        while True:
+            await self.states()
+            await asyncio.sleep(WATCH_INTERVAL)
 
     async def states(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -31,6 +40,7 @@ class UpstreamProbe:
                 except TimeoutError:
                     state = "unreachable"
                 cached = self._cache[name] = (time.monotonic(), state)
+                self.metrics.upstream_up.labels(name).set(1 if state == "ready" else 0)
             out[name] = {
                 "kind": upstream.config.kind,
                 "url": upstream.config.url,
