@@ -1,0 +1,268 @@
+"""The browser client in a real Chromium (Debian's), against the real server and fake upstream.
+
+Screenshots of the main states go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.hermes import FakeHermes, FakeRun
+from tests.helpers import TOKEN, ChatrunServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if not CHROMIUM.exists():
+    if os.environ.get("CHATRUN_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("browser tests need Debian's chromium at /usr/bin/chromium")
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
+
+from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+class Watch:
+    """Collects console errors and page errors; a clean page has none."""
+
+    def __init__(self, page: Page) -> None:
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+
+async def signed_in_page(
+    browser: Browser, server: ChatrunServer, *, width: int = 1280, height: int = 800
+) -> tuple[Page, Watch]:
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    page = await context.new_page()
+    watch = Watch(page)
+    await page.goto(server.url + "/")
+    await page.get_by_test_id("token-input").fill(TOKEN)
+    await page.get_by_test_id("sign-in").click()
+    await expect(page.get_by_test_id("connection-state")).to_have_attribute(
+        "data-state", "connected"
+    )
+    return page, watch
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
+
+
+def last_assistant(page: Page):  # type: ignore[no-untyped-def]
+    return page.locator('[data-testid="message"][data-role="assistant"]').last
+
+
+async def send(page: Page, text: str) -> None:
+    await page.get_by_test_id("composer").fill(text)
+    await page.get_by_test_id("composer").press("Enter")
+
+
+def words(n: int, delay: float) -> object:
+    async def script(run: FakeRun) -> None:
+        for i in range(n):
+            await run.delta(f"word{i} ")
+            await asyncio.sleep(delay)
+        await run.complete()
+
+    return script
+
+
+async def raw_text(page: Page) -> str:
+    value = await last_assistant(page).get_by_test_id("message-content").get_attribute("data-raw")
+    return value or ""
+
+
+async def test_wrong_token_is_refused_with_a_clear_message(
+    server: ChatrunServer, browser: Browser
+) -> None:
+    page = await browser.new_page()
+    await page.goto(server.url + "/")
+    await page.get_by_test_id("token-input").fill("not-the-token")
+    await page.get_by_test_id("sign-in").click()
+    error = page.get_by_test_id("sign-in-error")
+    await expect(error).to_be_visible()
+    await expect(error).to_contain_text("refused")
+    await shot(page, "sign-in-refused")
+    assert await page.evaluate("localStorage.getItem('chatrun_token')") is None
+
+
+async def test_send_and_watch_the_stream(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    hermes.script = words(30, 0.02)
+    page, watch = await signed_in_page(browser, server)
+    await send(page, "Tell me something <b>bold</b>")
+    message = last_assistant(page)
+    await expect(message).to_have_attribute("data-status", "streaming")
+    await shot(page, "streaming")
+    await expect(message).to_have_attribute("data-status", "complete", timeout=10000)
+    assert await raw_text(page) == "".join(f"word{i} " for i in range(30))
+    user = page.locator('[data-testid="message"][data-role="user"]').last
+    await expect(user).to_contain_text("Tell me something <b>bold</b>")  # escaped, not HTML
+    await expect(page.get_by_test_id("session-item")).to_have_count(1)
+    await expect(page.get_by_test_id("usage-gauge")).to_be_visible()
+    await shot(page, "completed")
+    assert watch.errors == []
+
+
+async def test_refresh_mid_stream_shows_exactly_the_upstream_text(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    hermes.script = words(80, 0.03)
+    page, watch = await signed_in_page(browser, server)
+    await send(page, "stream a long answer")
+    await expect(last_assistant(page)).to_contain_text("word10")
+    await page.reload()
+    await expect(page.get_by_test_id("connection-state")).to_have_attribute(
+        "data-state", "connected"
+    )
+    await expect(last_assistant(page)).to_have_attribute("data-status", "streaming")
+    await shot(page, "after-refresh-mid-stream")
+    await expect(last_assistant(page)).to_have_attribute("data-status", "complete", timeout=15000)
+    run = next(iter(hermes.runs.values()))
+    assert await raw_text(page) == run.sent_text
+    assert watch.errors == []
+
+
+async def test_second_tab_follows_the_same_stream_live(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    hermes.script = words(60, 0.03)
+    page, _ = await signed_in_page(browser, server)
+    await send(page, "for both tabs")
+    await expect(last_assistant(page)).to_contain_text("word3")
+    second = await page.context.new_page()  # same storage: already signed in
+    await second.goto(page.url)
+    await expect(last_assistant(second)).to_have_attribute("data-status", "complete", timeout=15000)
+    await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
+    run = next(iter(hermes.runs.values()))
+    assert await raw_text(second) == run.sent_text == await raw_text(page)
+    await shot(second, "second-tab")
+
+
+async def test_queue_two_messages_and_cancel_one(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    gate = asyncio.Event()
+
+    async def script(run: FakeRun) -> None:
+        await run.delta(f"answer to {run.body['input']}")
+        if run.body["input"] == "first":
+            await gate.wait()
+        await run.complete()
+
+    hermes.script = script
+    page, watch = await signed_in_page(browser, server)
+    await send(page, "first")
+    await expect(last_assistant(page)).to_contain_text("answer to first")
+    await send(page, "second")
+    await send(page, "third")
+    queued = page.get_by_test_id("queued-item")
+    await expect(queued).to_have_count(2)
+    await expect(queued.nth(0)).to_contain_text("second")
+    await shot(page, "queued")
+    await queued.nth(0).get_by_test_id("queued-cancel").click()
+    await expect(queued).to_have_count(1)
+    await expect(queued.nth(0)).to_contain_text("third")
+    gate.set()
+    await expect(queued).to_have_count(0)
+    await expect(last_assistant(page)).to_contain_text("answer to third")
+    await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
+    users = page.locator('[data-testid="message"][data-role="user"]')
+    await expect(users).to_have_count(2)
+    assert [b["input"] for b in hermes.requests] == ["first", "third"]
+    assert watch.errors == []
+
+
+async def test_stop_mid_stream_keeps_the_partial_answer(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    hermes.script = words(10_000, 0.02)
+    hermes.ignore_stop = False
+    page, watch = await signed_in_page(browser, server)
+    await send(page, "never ending")
+    await expect(last_assistant(page)).to_contain_text("word5")
+    await page.get_by_test_id("stop").click()
+    await expect(last_assistant(page)).to_have_attribute("data-status", "aborted")
+    await expect(page.get_by_test_id("stop")).to_be_hidden()
+    partial = await raw_text(page)
+    assert partial.startswith("word0 word1 ") and len(partial) > 30
+    await shot(page, "stopped")
+    await page.reload()
+    await expect(last_assistant(page)).to_have_attribute("data-status", "aborted")
+    assert await raw_text(page) == partial
+    assert watch.errors == []
+
+
+async def test_failed_run_shows_its_error_in_place(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    async def script(run: FakeRun) -> None:
+        await run.delta("Starting")
+        await run.fail("model crashed: out of memory")
+
+    hermes.script = script
+    page, _ = await signed_in_page(browser, server)
+    await send(page, "please fail")
+    message = last_assistant(page)
+    await expect(message).to_have_attribute("data-status", "failed")
+    await expect(message).to_contain_text("Error: model crashed: out of memory")
+    await shot(page, "failed")
+
+
+async def test_narrow_screen_has_a_sidebar_toggle(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    page, _ = await signed_in_page(browser, server, width=390, height=800)
+    await send(page, "hello from a phone")
+    await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
+    toggle = page.get_by_test_id("sidebar-toggle")
+    await expect(toggle).to_be_visible()
+    await shot(page, "narrow")
+    await toggle.click()
+    await expect(page.get_by_test_id("new-chat")).to_be_in_viewport()
+    await page.wait_for_timeout(400)  # the slide-in transition
+    await shot(page, "narrow-sidebar")
+
+
+async def test_page_is_served_with_security_headers(server: ChatrunServer) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/") as resp:
+        assert resp.status == 200
+        csp = resp.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "default-src 'self'" in csp
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Referrer-Policy"] == "no-referrer"
+        body = await resp.text()
+    assert "<script>" not in body and "style=" not in body
