@@ -266,3 +266,63 @@ async def test_page_is_served_with_security_headers(server: ChatrunServer) -> No
         assert resp.headers["Referrer-Policy"] == "no-referrer"
         body = await resp.text()
     assert "<script>" not in body and "style=" not in body
+
+
+async def test_shift_enter_adds_a_line_and_enter_sends(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    page, _ = await signed_in_page(browser, server)
+    composer = page.get_by_test_id("composer")
+    await composer.type("line one")
+    await composer.press("Shift+Enter")
+    await composer.type("line two")
+    assert await composer.input_value() == "line one\nline two"
+    assert hermes.requests == []
+    await composer.press("Enter")
+    await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
+    assert hermes.requests[0]["input"] == "line one\nline two"
+    assert await composer.input_value() == ""
+
+
+async def test_reconnect_after_a_server_restart_resumes_the_session(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    page, _ = await signed_in_page(browser, server)
+    await send(page, "before the restart")
+    await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
+    await server.stop()
+    await expect(page.get_by_test_id("connection-state")).to_have_attribute(
+        "data-state", "reconnecting"
+    )
+    await shot(page, "reconnecting")
+    await server.start()
+    await expect(page.get_by_test_id("connection-state")).to_have_attribute(
+        "data-state", "connected", timeout=15000
+    )
+    await send(page, "after the restart")
+    await expect(page.locator('[data-testid="message"][data-role="assistant"]')).to_have_count(2)
+    await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
+    assert [b["input"] for b in hermes.requests] == ["before the restart", "after the restart"]
+
+
+async def test_rename_and_delete_from_the_sidebar(
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+) -> None:
+    page, watch = await signed_in_page(browser, server)
+    await send(page, "to be renamed")
+    await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
+    item = page.get_by_test_id("session-item").first
+    await item.hover()
+    await item.get_by_role("button", name="Rename").click()
+    field = item.locator("input")
+    await field.fill("Renamed chat")
+    await field.press("Enter")
+    await expect(page.get_by_test_id("session-item").first).to_contain_text("Renamed chat")
+    assert server.query("SELECT title FROM sessions")[0]["title"] == "Renamed chat"
+    item = page.get_by_test_id("session-item").first
+    await item.hover()
+    await item.get_by_role("button", name="Delete").click()
+    await item.get_by_role("button", name="Confirm?").click()
+    await expect(page.get_by_test_id("session-item")).to_have_count(0)
+    assert server.query("SELECT id FROM sessions") == []
+    assert watch.errors == []
