@@ -43,6 +43,7 @@ class Store:
         self.url = url
         self._engine: AsyncEngine | None = None
         self._write_lock = asyncio.Lock()
+        self.transactions = 0  # write transactions committed (a metric)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -71,7 +72,9 @@ class Store:
 
         async def run() -> T:
             async with self._write_lock, self.engine.begin() as conn:
-                return await fn(conn)
+                result = await fn(conn)
+            self.transactions += 1
+            return result
 
         return await asyncio.shield(asyncio.ensure_future(run()))
 

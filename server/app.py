@@ -83,6 +83,7 @@ class Chatrun:
             sockets=lambda: len(self.namespace.connections) if self.namespace else 0,
             active_runs=self.runs.active_runs,
             queue_depth=lambda: sum(len(s.queue) for s in self.hub.sessions.values()),
+            db_transactions=lambda: self.store.transactions,
         )
 
 

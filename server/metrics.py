@@ -61,6 +61,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.db_transactions = Gauge(
+            "chatrun_db_transactions", "Database write transactions since start", registry=r
+        )
         self.upstream_up = Gauge(
             "chatrun_upstream_up",
             "1 when the upstream of a profile answered its last probe",
@@ -73,8 +76,10 @@ class Metrics:
         sockets: Callable[[], float],
         active_runs: Callable[[], float],
         queue_depth: Callable[[], float],
+        db_transactions: Callable[[], float],
     ) -> None:
         """Gauges read at scrape time."""
+        self.db_transactions.set_function(db_transactions)
         self.connected_sockets.set_function(sockets)
         self.active_runs.set_function(active_runs)
         self.queue_depth.set_function(queue_depth)

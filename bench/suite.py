@@ -1,0 +1,413 @@
+"""Chatrun's benchmark suite: one command, one JSON object and a short table.
+
+    python -m bench.suite                 # all levels, 3 runs each (about 15 minutes)
+    python -m bench.suite --quick         # small level only, 1 run each
+
+Every level runs three systems on the same load, each in its own processes, with the fake
+upstream (bench/upstream.py) and the load generator (bench/load.py) in processes of their own:
+a bare python-socketio emitter (no upstream), a bare relay (bench/bare_relay.py) and Chatrun.
+Figures are medians over the runs; Chatrun's are also given as ratios to the bare relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.load import percentile, rss_kib
+from bench.sioclient import LeanClient
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+LEVELS = {
+    "small": (50, 100, 20.0),
+    "200x200@20": (200, 200, 20.0),
+    "500x200@20": (500, 200, 20.0),
+    "1000x100@10": (1000, 100, 10.0),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", *[a.replace("{port}", str(self.port)) for a in args]]
+        env = {**os.environ, **(env or {})}
+        env = {k: v.replace("{port}", str(self.port)) for k, v in env.items()}
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def ready(self) -> Proc:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    writer.close()
+                    await writer.wait_closed()
+                    return self
+                except OSError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"process exited: {self.proc.args}") from None
+                    await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def chatrun(upstream: str, data_dir: str, **extra: str) -> Proc:
+    env = {
+        "CHATRUN_DATA_DIR": data_dir,
+        "CHATRUN_PORT": "{port}",
+        "CHATRUN_AUTH_TOKEN": TOKEN,
+        "CHATRUN_UPSTREAM_URL": upstream,
+        "CHATRUN_LOG_LEVEL": "WARNING",
+        "CHATRUN_MAX_QUEUE_DEPTH": "100",
+    }
+    env.update(extra)
+    return Proc(["server"], env)
+
+
+async def metrics(url: str) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def histogram_quantile(
+    before: dict[str, float], after: dict[str, float], name: str, q: float
+) -> float | None:
+    buckets = []
+    for key, value in after.items():
+        m = re.fullmatch(rf'{name}_bucket\{{le="([^"]+)"\}}', key)
+        if m:
+            buckets.append((float(m.group(1)), value - before.get(key, 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    target = q * buckets[-1][1]
+    for bound, count in buckets:
+        if count >= target:
+            return bound
+    return None
+
+
+async def load(url: str, level: tuple[int, int, float], pid: int) -> dict[str, Any]:
+    sessions, tokens, rate = level
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.load",
+        url,
+        str(sessions),
+        str(tokens),
+        str(rate),
+        str(pid),
+        "--token",
+        TOKEN,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError("load generator failed")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def one_run(system: str, level: tuple[int, int, float], tmp: str) -> dict[str, Any]:
+    upstream = await Proc(["bench.upstream", "{port}"]).ready() if system != "emitter" else None
+    if system == "emitter":
+        server = Proc(["bench.bare_emitter", "{port}"])
+    elif system == "relay":
+        assert upstream is not None
+        server = Proc(["bench.bare_relay", "{port}", upstream.url])
+    else:
+        assert upstream is not None
+        server = chatrun(upstream.url, tempfile.mkdtemp(dir=tmp))
+    try:
+        await server.ready()
+        before = await metrics(server.url) if system == "chatrun" else {}
+        result = await load(server.url, level, server.proc.pid)
+        if system == "chatrun":
+            after = await metrics(server.url)
+            lag = histogram_quantile(before, after, "chatrun_event_loop_lag_seconds", 0.99)
+            result["loop_lag_p99_ms"] = None if lag is None else lag * 1000
+            tx = after["chatrun_db_transactions"] - before["chatrun_db_transactions"]
+            result["db_transactions_per_s"] = round(tx / result["seconds"], 1)
+        return result
+    finally:
+        server.stop()
+        if upstream is not None:
+            upstream.stop()
+
+
+def median(runs: list[dict[str, Any]], path: str) -> float | None:
+    values = []
+    for run in runs:
+        value: Any = run
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            values.append(float(value))
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [
+        "latency_ms.p50",
+        "latency_ms.p95",
+        "latency_ms.p99",
+        "ttfd_ms.p50",
+        "ttfd_ms.p95",
+        "server_cpu_s_per_1000_deltas",
+        "seconds",
+        "loop_lag_p99_ms",
+        "db_transactions_per_s",
+    ]
+    out: dict[str, Any] = {k: median(runs, k) for k in keys}
+    out["all_tokens_in_order"] = all(r["exact_sessions"] == r["sessions"] for r in runs)
+    out["delivered_vs_produced"] = round(
+        sum(r["delivered_tokens"] for r in runs) / sum(r["expected_tokens"] for r in runs), 4
+    )
+    out["deltas_per_s"] = median([{"v": r["delivered_tokens"] / r["seconds"]} for r in runs], "v")
+    out["events_per_delta"] = round(
+        sum(r["events"] for r in runs) / max(1, sum(r["delivered_tokens"] for r in runs)), 3
+    )
+    rss = [(r["server_rss_kib_peak"] - r["server_rss_kib_before"]) / r["sessions"] for r in runs]
+    out["rss_kib_per_active_run"] = round(statistics.median(rss), 1)
+    out["runs"] = len(runs)
+    return out
+
+
+async def idle_sockets(tmp: str, count: int) -> float:
+    upstream = await Proc(["bench.upstream", "{port}"]).ready()
+    server = await chatrun(upstream.url, tempfile.mkdtemp(dir=tmp)).ready()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            warm = LeanClient(http, server.url, "/chat-run", {"token": TOKEN}, lambda *a: None)
+            await warm.connect()
+            await asyncio.sleep(1)
+            before = rss_kib(server.proc.pid)
+            clients = [
+                LeanClient(http, server.url, "/chat-run", {"token": TOKEN}, lambda *a: None)
+                for _ in range(count)
+            ]
+            for i in range(0, count, 200):
+                await asyncio.gather(*(c.connect() for c in clients[i : i + 200]))
+            await asyncio.sleep(2)
+            after = rss_kib(server.proc.pid)
+            for c in [warm, *clients]:
+                await c.close()
+        return round((after - before) / count, 2)
+    finally:
+        server.stop()
+        upstream.stop()
+
+
+def seed(db_path: Path, session_id: str, count: int) -> None:
+    db = sqlite3.connect(db_path)
+    owner = db.execute("SELECT id FROM users WHERE name = 'default'").fetchone()[0]
+    now = time.time()
+    db.execute(
+        "INSERT INTO sessions (id, owner_id, title, profile, created_at, updated_at, "
+        "last_seq, input_tokens, output_tokens) VALUES (?, ?, 'big', 'default', ?, ?, 0, "
+        "0, 0)",
+        (session_id, owner, now, now),
+    )
+    body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8
+    db.executemany(
+        "INSERT INTO messages (session_id, role, content, reasoning, status, created_at, "
+        "updated_at) VALUES (?, ?, ?, '', 'complete', ?, ?)",
+        [
+            (session_id, "user" if i % 2 == 0 else "assistant", f"{i}: {body}", now, now)
+            for i in range(count)
+        ],
+    )
+    db.commit()
+    db.close()
+
+
+async def resume_and_replay(tmp: str, rounds: int) -> dict[str, Any]:
+    data_dir = tempfile.mkdtemp(dir=tmp)
+    upstream = await Proc(["bench.upstream", "{port}"]).ready()
+    server = await chatrun(upstream.url, data_dir, CHATRUN_RETAINED_EVENTS="20000").ready()
+    result: dict[str, Any] = {}
+    try:
+        seed(Path(data_dir) / "chatrun.db", "big", 500)
+        got: asyncio.Queue[tuple[str, Any, float]] = asyncio.Queue()
+        async with aiohttp.ClientSession() as http:
+            client = LeanClient(
+                http,
+                server.url,
+                "/chat-run",
+                {"token": TOKEN},
+                lambda n, d, t: got.put_nowait((n, d, t)),
+            )
+            await client.connect()
+            times = []
+            for _ in range(rounds):
+                t0 = time.time()
+                await client.call("resume", {"session_id": "big"})
+                while True:
+                    name, data, t = await got.get()
+                    if name == "resumed":
+                        break
+                assert len(data["messages"]) == 500
+                times.append(t - t0)
+            result["resume_snapshot_500_ms"] = {
+                "p50": round(percentile(times, 0.5) * 1000, 2),
+                "p95": round(percentile(times, 0.95) * 1000, 2),
+            }
+            # 10,000 events in one session, then replay them all to a fresh socket
+            await client.call("run", {"session_id": "replay", "input": "go 10000 2000"})
+            while True:
+                name, data, _ = await got.get()
+                if name == "run.completed":
+                    last = data["seq"]
+                    break
+            reader = LeanClient(
+                http,
+                server.url,
+                "/chat-run",
+                {"token": TOKEN},
+                lambda n, d, t: got.put_nowait((n, d, t)),
+            )
+            await reader.connect()
+            while not got.empty():
+                got.get_nowait()
+            t0 = time.time()
+            await reader.call("resume", {"session_id": "replay", "last_seq": 0})
+            count = 0
+            while True:
+                name, data, t = await got.get()
+                if name != "resumed" and isinstance(data, dict) and data.get("seq"):
+                    count += 1
+                    if data["seq"] == last:
+                        break
+            result["replay"] = {"events": count, "ms": round((t - t0) * 1000, 1)}
+            # time to first token: direct from the upstream vs through Chatrun
+            direct, relayed = [], []
+            for i in range(30):
+                t0 = time.time()
+                async with http.post(upstream.url + "/v1/runs", json={"input": "go 1 0"}) as r:
+                    run_id = (await r.json())["run_id"]
+                async with http.get(f"{upstream.url}/v1/runs/{run_id}/events") as r:
+                    async for line in r.content:
+                        if line.startswith(b"data: "):
+                            direct.append(time.time() - t0)
+                            break
+                t0 = time.time()
+                await client.call("run", {"session_id": f"ttft-{i}", "input": "go 1 0"})
+                while True:
+                    name, data, t = await got.get()
+                    if name == "message.delta" and data["session_id"] == f"ttft-{i}":
+                        relayed.append(t - t0)
+                        break
+            result["ttft_overhead_ms_p50"] = round(
+                (statistics.median(relayed) - statistics.median(direct)) * 1000, 2
+            )
+            await client.close()
+            await reader.close()
+    finally:
+        server.stop()
+        upstream.stop()
+    return result
+
+
+def ratio(a: float | None, b: float | None, floor: float = 0.0) -> float | None:
+    if a is None or b is None:
+        return None
+    return round(a / max(b, floor), 2) if max(b, floor) else None
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small level, one run each")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--levels", default=",".join(LEVELS))
+    parser.add_argument("--idle-sockets", type=int, default=2000)
+    args = parser.parse_args()
+    levels = ["small"] if args.quick else args.levels.split(",")
+    repeats = 1 if args.quick else args.repeats
+    report: dict[str, Any] = {"levels": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in levels:
+            level = LEVELS[name]
+            row: dict[str, Any] = {}
+            for system in ("emitter", "relay", "chatrun"):
+                runs = [await one_run(system, level, tmp) for _ in range(repeats)]
+                row[system] = summarise(runs)
+            c, r = row["chatrun"], row["relay"]
+            row["chatrun_vs_relay"] = {
+                "p99_latency": ratio(c["latency_ms.p99"], r["latency_ms.p99"], 20.0),
+                "ttfd_p95_minus_relay_ms": None
+                if c["ttfd_ms.p95"] is None or r["ttfd_ms.p95"] is None
+                else round(c["ttfd_ms.p95"] - r["ttfd_ms.p95"], 2),
+                "cpu_per_1000_deltas": ratio(
+                    c["server_cpu_s_per_1000_deltas"], r["server_cpu_s_per_1000_deltas"]
+                ),
+            }
+            report["levels"][name] = row
+            print(f"# {name} done", file=sys.stderr)
+        if args.idle_sockets:
+            report["rss_kib_per_idle_socket"] = await idle_sockets(
+                tmp, 200 if args.quick else args.idle_sockets
+            )
+        report.update(await resume_and_replay(tmp, 20 if args.quick else 100))
+    print(json.dumps(report, indent=2))
+    print_table(report)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(
+        f"\n{'level':<13}{'system':<9}{'p50':>8}{'p99':>9}{'ttfd95':>9}{'cpu/1k':>8}"
+        f"{'ev/delta':>9}{'in order':>9}"
+    )
+    for name, row in report["levels"].items():
+        for system in ("emitter", "relay", "chatrun"):
+            s = row[system]
+            print(
+                f"{name:<13}{system:<9}{s['latency_ms.p50']!s:>8}{s['latency_ms.p99']!s:>9}"
+                f"{s['ttfd_ms.p95']!s:>9}{s['server_cpu_s_per_1000_deltas']!s:>8}"
+                f"{s['events_per_delta']!s:>9}{s['all_tokens_in_order']!s:>9}"
+            )
+        print(f"{'':<13}ratios   {row['chatrun_vs_relay']}")
+    print(
+        f"idle socket RSS: {report.get('rss_kib_per_idle_socket')} KiB; resume snapshot 500: "
+        f"{report['resume_snapshot_500_ms']} ms; replay: {report['replay']}; "
+        f"TTFT overhead p50: {report['ttft_overhead_ms_p50']} ms"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
