@@ -45,6 +45,16 @@ class RunRecord:
 
 
 @dataclass(slots=True)
+class Enqueued:
+    """What ``Store.enqueue_run`` did."""
+
+    run: RunRecord
+    duplicate: bool = False
+    session: SessionRecord | None = None  # the session, when this call created it
+    started: tuple[int, int] | None = None  # (user, assistant) message ids when started now
+
+
+@dataclass(slots=True)
 class MessageRecord:
     id: int
     session_id: str
@@ -100,6 +110,7 @@ class RunFinish:
     run_id: str
     status: str
     finished_at: float
+    upstream_run_id: str | None = None
     usage: dict[str, Any] | None = None
     error: str | None = None
     error_code: str | None = None

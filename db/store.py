@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from db.engine import create_engine, migrate
 from db.models import Message, Run, Session, User
 from db.records import (
+    Enqueued,
     FlushBatch,
     MessageRecord,
     RunRecord,
@@ -32,6 +34,7 @@ from server.errors import Forbidden
 
 ACTIVE_RUN_STATUSES = ("running",)
 T = TypeVar("T")
+MAX_BATCH = 500  # writes per group commit
 
 
 def hash_token(token: str) -> str:
@@ -42,7 +45,10 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: AsyncEngine | None = None
-        self._write_lock = asyncio.Lock()
+        self._pending: list[
+            tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]
+        ] = []
+        self._writer: asyncio.Future[None] | None = None
         self.transactions = 0  # write transactions committed (a metric)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -52,6 +58,8 @@ class Store:
         await migrate(self._engine)
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.shield(self._writer)  # let queued writes land
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -63,20 +71,44 @@ class Store:
         return self._engine
 
     async def _transact(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``fn`` in one write transaction, to its end even if the caller is cancelled.
+        """Run ``fn`` in a write transaction and return its result.
 
-        A transaction cut off by cancellation would leave SQLite's write lock with a
-        half-closed connection; instead the write finishes in its own task and the caller's
-        cancellation takes effect afterwards.
+        Writes are group-committed: one writer task runs every write queued while the previous
+        commit was in progress inside a single transaction (in order), so a burst of runs costs
+        a few commits instead of one each. If any of them fails, the batch is rolled back and
+        each write is retried alone, so only the failing one fails. The write finishes even when
+        its caller is cancelled (a transaction cut off by cancellation would leave SQLite's
+        write lock behind a half-closed connection).
         """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_batches())
+        return await asyncio.shield(future)
 
-        async def run() -> T:
-            async with self._write_lock, self.engine.begin() as conn:
-                result = await fn(conn)
+    async def _write_batches(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                async with self.engine.begin() as conn:
+                    results = [await fn(conn) for fn, _ in batch]
+            except Exception:
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc=sys.exc_info()[1])
+                    continue
+                for fn, future in batch:
+                    try:
+                        async with self.engine.begin() as conn:
+                            result = await fn(conn)
+                    except Exception as exc:
+                        _settle(future, exc=exc)
+                    else:
+                        self.transactions += 1
+                        _settle(future, result=result)
+                continue
             self.transactions += 1
-            return result
-
-        return await asyncio.shield(asyncio.ensure_future(run()))
+            for (_, future), result in zip(batch, results, strict=True):
+                _settle(future, result=result)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -217,15 +249,18 @@ class Store:
         *,
         owner_id: int,
         title: str,
-    ) -> tuple[RunRecord, bool]:
-        """Persist a new queued run, creating its session on first use.
+        seq_reserve: int,
+        start: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    ) -> Enqueued:
+        """Persist a new run, creating its session on first use, in one transaction.
 
-        Returns ``(run, duplicate)``: when the session already has a run with this
-        ``queue_id``, that run is returned and nothing is written. Raises ``Forbidden`` when
-        the session belongs to another user.
+        With ``start`` (its user and assistant messages) the run is saved as started right
+        away. When the session already has a run with this ``queue_id``, that run is returned
+        as a duplicate and nothing is written. Raises ``Forbidden`` when the session belongs to
+        another user. A new session's stored ``last_seq`` is a reservation of ``seq_reserve``.
         """
 
-        async def tx(conn: AsyncConnection) -> tuple[RunRecord, bool]:
+        async def tx(conn: AsyncConnection) -> Enqueued:
             owner = (
                 await conn.execute(select(Session.owner_id).where(Session.id == run.session_id))
             ).first()
@@ -239,8 +274,14 @@ class Store:
                 )
             ).first()
             if existing is not None:
-                return _run(existing._mapping), True
+                return Enqueued(_run(existing._mapping), duplicate=True)
+            created = None
             if owner is None:
+                created = SessionRecord(
+                    id=run.session_id, owner_id=owner_id, title=title, profile=run.profile,
+                    model=run.model, created_at=run.created_at, updated_at=run.created_at,
+                    last_seq=0, input_tokens=0, output_tokens=0,
+                )
                 await conn.execute(
                     insert(Session).values(
                         id=run.session_id,
@@ -250,19 +291,22 @@ class Store:
                         model=run.model,
                         created_at=run.created_at,
                         updated_at=run.created_at,
-                        last_seq=0,
+                        last_seq=seq_reserve,
                         input_tokens=0,
                         output_tokens=0,
                     )
                 )
-            position = (
-                await conn.execute(
-                    select(func.coalesce(func.max(Run.position), 0)).where(
-                        Run.session_id == run.session_id
+                position = 0
+            else:
+                position = (
+                    await conn.execute(
+                        select(func.coalesce(func.max(Run.position), 0)).where(
+                            Run.session_id == run.session_id
+                        )
                     )
-                )
-            ).scalar_one()
+                ).scalar_one()
             run.position = int(position) + 1
+            now = time.time()
             await conn.execute(
                 insert(Run).values(
                     id=run.id,
@@ -272,17 +316,25 @@ class Store:
                     model=run.model,
                     instructions=run.instructions,
                     profile=run.profile,
-                    status="queued",
+                    status="running" if start else "queued",
                     position=run.position,
                     created_at=run.created_at,
+                    started_at=now if start else None,
                 )
             )
-            await conn.execute(
-                update(Session)
-                .where(Session.id == run.session_id)
-                .values(updated_at=run.created_at)
-            )
-            return run, False
+            if created is None:
+                await conn.execute(
+                    update(Session)
+                    .where(Session.id == run.session_id)
+                    .values(updated_at=run.created_at)
+                )
+            started = None
+            if start is not None:
+                started = (
+                    await self._insert_message(conn, start[0], now),
+                    await self._insert_message(conn, start[1], now),
+                )
+            return Enqueued(run, session=created, started=started)
 
         return await self._transact(tx)
 
@@ -311,31 +363,28 @@ class Store:
 
         return await self._transact(tx)
 
-    async def start_run(self, run_id: str, user_message: dict[str, Any]) -> int:
-        """Mark the run running and save its user message; returns the message id."""
+    async def start_run(
+        self, run_id: str, user_message: dict[str, Any], assistant_message: dict[str, Any]
+    ) -> tuple[int, int]:
+        """Mark a queued run running and save its user and (empty) assistant messages."""
         now = time.time()
 
-        async def tx(conn: AsyncConnection) -> int:
+        async def tx(conn: AsyncConnection) -> tuple[int, int]:
             await conn.execute(
                 update(Run).where(Run.id == run_id).values(status="running", started_at=now)
             )
-            message_id = await self._insert_message(conn, user_message, now)
+            ids = (
+                await self._insert_message(conn, user_message, now),
+                await self._insert_message(conn, assistant_message, now),
+            )
             await conn.execute(
                 update(Session)
                 .where(Session.id == user_message["session_id"])
                 .values(updated_at=now)
             )
-            return message_id
+            return ids
 
         return await self._transact(tx)
-
-    async def set_upstream_run_id(self, run_id: str, upstream_run_id: str) -> None:
-        async def tx(conn: AsyncConnection) -> None:
-            await conn.execute(
-                update(Run).where(Run.id == run_id).values(upstream_run_id=upstream_run_id)
-            )
-
-        await self._transact(tx)
 
     async def recover_interrupted(self, error: str) -> list[str]:
         """After a stop or crash: in-flight runs become ``interrupted`` (their text kept).
@@ -526,6 +575,7 @@ class Store:
                     .where(Run.id == run.run_id)
                     .values(
                         status=run.status,
+                        upstream_run_id=run.upstream_run_id,
                         finished_at=run.finished_at,
                         usage=dump_json(run.usage),
                         error=run.error,
@@ -535,6 +585,17 @@ class Store:
                 )
 
         await self._transact(tx)
+
+
+def _settle(
+    future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def _session(m: Any) -> SessionRecord:

@@ -27,7 +27,7 @@ from server.errors import (
 from server.events import RunPayload, input_text, new_run_id
 from server.flusher import Flusher
 from server.metrics import Metrics
-from server.sessions import ActiveRun, SessionHub, SessionState
+from server.sessions import SEQ_BLOCK, ActiveRun, SessionHub, SessionState
 from server.settings import Settings
 from server.tasks import TaskSet
 from server.transcript import MessageStatus, Transcript
@@ -154,20 +154,30 @@ class RunManager:
                 position=0,
                 created_at=time.time(),
             )
-            record, duplicate = await self.store.enqueue_run(
-                record, owner_id=user.id, title=req.title
+            start_now = state is None or (state.active is None and not state.queue)
+            result = await self.store.enqueue_run(
+                record,
+                owner_id=user.id,
+                title=req.title,
+                seq_reserve=SEQ_BLOCK,
+                start=self._start_messages(record) if start_now else None,
             )
-            if state is None:
+            record = result.run
+            if result.session is not None:
+                state = self.hub.adopt(result.session, [], SEQ_BLOCK)
+            elif state is None:  # created meanwhile by another process
                 state = await self.hub.get(req.session_id)
                 if state is None:
                     raise NotFound("the session vanished while the run was queued")
-            elif not duplicate:
-                state.queue.append(record)
             await self.hub.emitter.join(sid, state.id)
-            if duplicate:
+            if result.duplicate:
                 return self._ack(state, record, duplicate=True)
-            if state.active is None:
-                self._start_next(state, announce=False)
+            if result.started is not None:
+                self._activate(state, record, result.started)
+            else:
+                state.queue.append(record)
+                if state.active is None:
+                    self._start_next(state, announce=False)
             if state.active is None or state.active.id != record.id:
                 self._publish_queue(state, record.queue_id)
             log.info(
@@ -306,12 +316,31 @@ class RunManager:
         if state.active is not None or not state.queue or self._shutting_down:
             return
         record = state.queue.pop(0)
-        active = ActiveRun(record)
-        state.active = active
-        state.state_events = []
         if announce:
             self._publish_queue(state, record.queue_id)
+        self._activate(state, record, None)
+
+    def _activate(
+        self, state: SessionState, record: RunRecord, message_ids: tuple[int, int] | None
+    ) -> None:
+        active = ActiveRun(record, message_ids=message_ids)
+        state.active = active
+        state.state_events = []
         active.task = self.tasks.spawn(self._drive(state, active), name=f"run:{record.id}")
+
+    @staticmethod
+    def _start_messages(record: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The rows a run writes when it starts: its question and its (empty) answer."""
+        common = {"session_id": record.session_id, "run_id": record.id}
+        return (
+            {
+                **common,
+                "role": "user",
+                "content": input_text(record.input),
+                "status": MessageStatus.COMPLETE.value,
+            },
+            {**common, "role": "assistant", "content": "", "status": MessageStatus.STREAMING.value},
+        )
 
     async def _drive(self, state: SessionState, active: ActiveRun) -> None:
         record = active.record
@@ -347,18 +376,14 @@ class RunManager:
     async def _execute(self, state: SessionState, active: ActiveRun) -> Outcome:
         record = active.record
         upstream = self.upstreams.get(record.profile)
-        text = input_text(record.input)
-        user_message_id = await self.store.start_run(
-            record.id,
-            {
-                "session_id": state.id,
-                "run_id": record.id,
-                "role": "user",
-                "content": text,
-                "status": MessageStatus.COMPLETE.value,
-            },
+        if active.message_ids is None:
+            active.message_ids = await self.store.start_run(
+                record.id, *self._start_messages(record)
+            )
+        user_message_id, assistant_id = active.message_ids
+        state.transcript = Transcript(
+            state.id, record.id, self.store.insert_message, assistant_id=assistant_id
         )
-        state.transcript = Transcript(state.id, record.id, self.store.insert_message)
         history = await self.store.history(state.id, user_message_id)
         instructions = (
             "\n\n".join(p for p in (self.settings.system_prompt, record.instructions) if p) or None
@@ -374,8 +399,6 @@ class RunManager:
             )
         )
         active.handle = handle
-        if handle.upstream_run_id:
-            await self.store.set_upstream_run_id(record.id, handle.upstream_run_id)
         if active.aborting:  # abort arrived while the upstream was accepting the run
             await self._request_stop(handle, self.settings.abort_grace)
         self.hub.publish(
@@ -494,6 +517,7 @@ class RunManager:
             run_id=record.id,
             status=outcome.status.value,
             finished_at=time.time(),
+            upstream_run_id=active.handle.upstream_run_id if active.handle else None,
             usage=outcome.usage,
             error=outcome.error,
             error_code=outcome.code,

@@ -123,6 +123,7 @@ class ActiveRun:
     aborting: bool = False
     stop_confirmed: bool = False
     abort_done: asyncio.Event = field(default_factory=asyncio.Event)
+    message_ids: tuple[int, int] | None = None  # (user, assistant) once saved as started
     requested: float = 0.0  # perf_counter when the run was sent upstream
     first_token: bool = False
 
@@ -236,6 +237,14 @@ class SessionHub:
             raise
         finally:
             del self._loading[session_id]
+
+    def adopt(
+        self, record: SessionRecord, queued: list[RunRecord], seq_reserved: int
+    ) -> SessionState:
+        """Hold a session this process just created (its seq reservation already stored)."""
+        state = SessionState(record, queued, seq_reserved)
+        self.sessions[record.id] = state
+        return state
 
     async def evict_idle(self, now: float | None = None) -> int:
         """Forget idle sessions (no run, no queue, nothing to send, nothing to flush).

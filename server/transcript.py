@@ -120,13 +120,18 @@ Inserter = Callable[[dict[str, Any]], Awaitable[int]]
 class Transcript:
     """The messages one run writes: assistant segments, split by tool calls, and tool rows."""
 
-    def __init__(self, session_id: str, run_id: str, insert: Inserter) -> None:
+    def __init__(
+        self, session_id: str, run_id: str, insert: Inserter, assistant_id: int | None = None
+    ) -> None:
         self.session_id = session_id
         self.run_id = run_id
         self._insert = insert
         self.drafts: list[Draft] = []
         self._assistant: Draft | None = None  # the open assistant segment
         self._tools: dict[str, Draft] = {}  # open tool rows by tool_call_id
+        if assistant_id is not None:  # saved with the run's start, still empty
+            self._assistant = Draft(assistant_id, session_id, run_id, "assistant", time.time())
+            self.drafts.append(self._assistant)
 
     @property
     def text(self) -> str:
