@@ -25,6 +25,7 @@ class SessionRecord:
     last_seq: int
     input_tokens: int
     output_tokens: int
+    last_position: int = 0  # highest run position (filled by Store.load_session)
 
 
 @dataclass(slots=True)

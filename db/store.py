@@ -13,9 +13,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.engine import create_engine, migrate
@@ -35,6 +36,14 @@ from server.errors import Forbidden
 ACTIVE_RUN_STATUSES = ("running",)
 T = TypeVar("T")
 MAX_BATCH = 500  # writes per group commit
+
+# Core statements for the hot paths (ORM-enabled statements cost far more to build)
+MESSAGES = cast(Table, Message.__table__)
+RUNS = cast(Table, Run.__table__)
+SESSIONS = cast(Table, Session.__table__)
+INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
+INSERT_RUN = insert(RUNS)
+INSERT_SESSION = insert(SESSIONS)
 
 
 def hash_token(token: str) -> str:
@@ -209,6 +218,8 @@ class Store:
         The stored ``last_seq`` becomes a ceiling of what may be emitted, so that a crash can
         never make a sequence number be used twice.
         """
+        if await self.get_session(session_id) is None:  # no write for what does not exist
+            return None
 
         async def tx(conn: AsyncConnection) -> tuple[SessionRecord, list[RunRecord]] | None:
             row = (await conn.execute(select(Session).where(Session.id == session_id))).first()
@@ -221,6 +232,15 @@ class Store:
                 .values(last_seq=record.last_seq + seq_reserve)
             )
             queued = await self._queued_runs(conn, session_id)
+            record.last_position = int(
+                (
+                    await conn.execute(
+                        select(func.coalesce(func.max(Run.position), 0)).where(
+                            Run.session_id == session_id
+                        )
+                    )
+                ).scalar_one()
+            )
             return record, queued
 
         return await self._transact(tx)
@@ -251,8 +271,14 @@ class Store:
         title: str,
         seq_reserve: int,
         start: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        position: int | None = None,
     ) -> Enqueued:
         """Persist a new run, creating its session on first use, in one transaction.
+
+        The common cases take no reads: with ``position`` (the caller holds the session and
+        checked its owner) the run is inserted at that position; without it, the session is
+        created. Only when that clashes with what is stored (a duplicate ``queue_id``, a
+        session that exists) does the careful path below run.
 
         With ``start`` (its user and assistant messages) the run is saved as started right
         away. When the session already has a run with this ``queue_id``, that run is returned
@@ -278,9 +304,16 @@ class Store:
             created = None
             if owner is None:
                 created = SessionRecord(
-                    id=run.session_id, owner_id=owner_id, title=title, profile=run.profile,
-                    model=run.model, created_at=run.created_at, updated_at=run.created_at,
-                    last_seq=0, input_tokens=0, output_tokens=0,
+                    id=run.session_id,
+                    owner_id=owner_id,
+                    title=title,
+                    profile=run.profile,
+                    model=run.model,
+                    created_at=run.created_at,
+                    updated_at=run.created_at,
+                    last_seq=0,
+                    input_tokens=0,
+                    output_tokens=0,
                 )
                 await conn.execute(
                     insert(Session).values(
@@ -336,7 +369,64 @@ class Store:
                 )
             return Enqueued(run, session=created, started=started)
 
-        return await self._transact(tx)
+        async def fast(conn: AsyncConnection) -> Enqueued:
+            created = None
+            if position is None:
+                created = SessionRecord(
+                    id=run.session_id,
+                    owner_id=owner_id,
+                    title=title,
+                    profile=run.profile,
+                    model=run.model,
+                    created_at=run.created_at,
+                    updated_at=run.created_at,
+                    last_seq=0,
+                    input_tokens=0,
+                    output_tokens=0,
+                )
+                await conn.execute(
+                    insert(Session).values(
+                        id=run.session_id,
+                        owner_id=owner_id,
+                        title=title,
+                        profile=run.profile,
+                        model=run.model,
+                        created_at=run.created_at,
+                        updated_at=run.created_at,
+                        last_seq=seq_reserve,
+                        input_tokens=0,
+                        output_tokens=0,
+                    )
+                )
+            run.position = position or 1
+            now = time.time()
+            await conn.execute(
+                insert(Run).values(
+                    id=run.id,
+                    session_id=run.session_id,
+                    queue_id=run.queue_id,
+                    input=json.dumps(run.input, ensure_ascii=False),
+                    model=run.model,
+                    instructions=run.instructions,
+                    profile=run.profile,
+                    status="running" if start else "queued",
+                    position=run.position,
+                    created_at=run.created_at,
+                    started_at=now if start else None,
+                )
+            )
+            started = None
+            if start is not None:
+                started = (
+                    await self._insert_message(conn, start[0], now),
+                    await self._insert_message(conn, start[1], now),
+                )
+            return Enqueued(run, session=created, started=started)
+
+        try:
+            return await self._transact(fast)
+        except IntegrityError:
+            return await self._transact(tx)
 
     async def run_by_queue_id(self, session_id: str, queue_id: str) -> RunRecord | None:
         async with self._read() as conn:
@@ -424,13 +514,21 @@ class Store:
     async def _insert_message(
         self, conn: AsyncConnection, message: dict[str, Any], now: float
     ) -> int:
-        values = dict(message)
-        values["tool_calls"] = dump_json(values.get("tool_calls"))
-        values.setdefault("content", "")
-        values.setdefault("reasoning", "")
-        values.setdefault("created_at", now)
-        values["updated_at"] = now
-        result = await conn.execute(insert(Message).values(**values).returning(Message.id))
+        values = {
+            "content": "",
+            "reasoning": "",
+            "tool_calls": None,
+            "tool_call_id": None,
+            "tool_name": None,
+            "token_count": None,
+            "finish_reason": None,
+            "run_id": None,
+            "created_at": now,
+            **message,
+            "updated_at": now,
+        }
+        values["tool_calls"] = dump_json(values["tool_calls"])
+        result = await conn.execute(INSERT_MESSAGE, values)
         return int(result.scalar_one())
 
     async def recent_messages(
@@ -525,8 +623,8 @@ class Store:
         async def tx(conn: AsyncConnection) -> None:
             if batch.messages:
                 await conn.execute(
-                    update(Message)
-                    .where(Message.id == bindparam("m_id"))
+                    update(MESSAGES)
+                    .where(MESSAGES.c.id == bindparam("m_id"))
                     .values(
                         content=bindparam("m_content"),
                         reasoning=bindparam("m_reasoning"),
@@ -550,8 +648,8 @@ class Store:
                 )
             if batch.sessions:
                 await conn.execute(
-                    update(Session)
-                    .where(Session.id == bindparam("s_id"))
+                    update(SESSIONS)
+                    .where(SESSIONS.c.id == bindparam("s_id"))
                     .values(
                         last_seq=bindparam("s_seq"),
                         updated_at=bindparam("s_updated"),

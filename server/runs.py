@@ -133,7 +133,10 @@ class RunManager:
             if state is not None and state.deleting:
                 raise NotFound(f"session {req.session_id!r} is being deleted")
             if state is not None:
-                existing = await self.store.run_by_queue_id(state.id, req.queue_id)
+                known = [state.active.record] if state.active is not None else []
+                existing = next(
+                    (r for r in [*known, *state.queue] if r.queue_id == req.queue_id), None
+                )
                 if existing is not None:
                     await self.hub.emitter.join(sid, state.id)
                     return self._ack(state, existing, duplicate=True)
@@ -161,6 +164,7 @@ class RunManager:
                 title=req.title,
                 seq_reserve=SEQ_BLOCK,
                 start=self._start_messages(record) if start_now else None,
+                position=state.next_position if state is not None else None,
             )
             record = result.run
             if result.session is not None:
@@ -172,8 +176,9 @@ class RunManager:
             await self.hub.emitter.join(sid, state.id)
             if result.duplicate:
                 return self._ack(state, record, duplicate=True)
+            state.next_position = max(state.next_position, record.position + 1)
             if result.started is not None:
-                self._activate(state, record, result.started)
+                self._activate(state, record, result.started, fresh=result.session is not None)
             else:
                 state.queue.append(record)
                 if state.active is None:
@@ -321,9 +326,14 @@ class RunManager:
         self._activate(state, record, None)
 
     def _activate(
-        self, state: SessionState, record: RunRecord, message_ids: tuple[int, int] | None
+        self,
+        state: SessionState,
+        record: RunRecord,
+        message_ids: tuple[int, int] | None,
+        *,
+        fresh: bool = False,
     ) -> None:
-        active = ActiveRun(record, message_ids=message_ids)
+        active = ActiveRun(record, message_ids=message_ids, fresh=fresh)
         state.active = active
         state.state_events = []
         active.task = self.tasks.spawn(self._drive(state, active), name=f"run:{record.id}")
@@ -384,7 +394,7 @@ class RunManager:
         state.transcript = Transcript(
             state.id, record.id, self.store.insert_message, assistant_id=assistant_id
         )
-        history = await self.store.history(state.id, user_message_id)
+        history = [] if active.fresh else await self.store.history(state.id, user_message_id)
         instructions = (
             "\n\n".join(p for p in (self.settings.system_prompt, record.instructions) if p) or None
         )

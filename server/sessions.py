@@ -124,6 +124,7 @@ class ActiveRun:
     stop_confirmed: bool = False
     abort_done: asyncio.Event = field(default_factory=asyncio.Event)
     message_ids: tuple[int, int] | None = None  # (user, assistant) once saved as started
+    fresh: bool = False  # the first run of a session created just now: no history to read
     requested: float = 0.0  # perf_counter when the run was sent upstream
     first_token: bool = False
 
@@ -160,6 +161,7 @@ class SessionState:
         self.input_tokens = record.input_tokens
         self.output_tokens = record.output_tokens
         self.queue: list[RunRecord] = queued
+        self.next_position = record.last_position + 1
         self.active: ActiveRun | None = None
         self.transcript: Transcript | None = None
         self.state_events: list[dict[str, Any]] = []
