@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -40,6 +42,19 @@ async def serve(settings: Settings) -> None:
         log.info("stopped")
 
 
+def run_loop(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
+    """Run on uvloop when it is installed and wanted, else on asyncio's own loop."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
 def main() -> int:
     try:
         settings = Settings.from_env(os.environ)
@@ -53,7 +68,7 @@ def main() -> int:
     # one line per upstream HTTP request is noise next to Chatrun's one line per run transition
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     try:
-        asyncio.run(serve(settings))
+        run_loop(serve(settings), settings.uvloop)
     except ConfigError as exc:
         print(f"chatrun: {exc.message}", file=sys.stderr)
         return 2

@@ -129,7 +129,11 @@ class RunManager:
         if profile not in self.upstreams:
             self.upstreams.get(profile)  # raises NotFound with the known profiles
         async with self.hub.lock(req.session_id):
-            state = await self.owned(user, req.session_id)
+            # Only sessions held in memory are looked at here; for any other, the enqueue below
+            # creates the session, and falls back to checking the stored one if it exists.
+            state = self.hub.sessions.get(req.session_id)
+            if state is not None and state.owner_id != user.id:
+                raise Forbidden("this session belongs to another user")
             if state is not None and state.deleting:
                 raise NotFound(f"session {req.session_id!r} is being deleted")
             if state is not None:
@@ -169,7 +173,7 @@ class RunManager:
             record = result.run
             if result.session is not None:
                 state = self.hub.adopt(result.session, [], SEQ_BLOCK)
-            elif state is None:  # created meanwhile by another process
+            elif state is None:  # stored, but not held in memory yet
                 state = await self.hub.get(req.session_id)
                 if state is None:
                     raise NotFound("the session vanished while the run was queued")

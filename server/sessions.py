@@ -336,6 +336,11 @@ class SessionHub:
                         result: Any = await self._answer_resume(state, item.sid, item.last_seq)
                     else:
                         if item.name == COALESCED:
+                            window = self.settings.coalesce_window_ms / 1000
+                            if window:
+                                wait = item.t + window - perf_counter()
+                                if wait > 0:
+                                    await asyncio.sleep(wait)
                             self._coalesce(state, item)
                         if item.before is not None:
                             await item.before()

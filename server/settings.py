@@ -64,6 +64,10 @@ class Settings:
     upstream_retry_backoff_ms: int = _setting(
         500, "Pause before the single retry of a run request refused with 429/5xx or no connection."
     )
+    coalesce_window_ms: int = _setting(
+        0, "Extra wait for more deltas before emitting one (0: only adaptive coalescing)."
+    )
+    uvloop: bool = _setting(True, "Run on uvloop when it is installed.")
     max_input_chars: int = _setting(
         1_000_000, "Largest accepted run input (and instructions), in characters."
     )
@@ -108,7 +112,12 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive")
-        for name in ("abort_grace_ms", "max_queue_depth", "upstream_retry_backoff_ms"):
+        for name in (
+            "abort_grace_ms",
+            "max_queue_depth",
+            "upstream_retry_backoff_ms",
+            "coalesce_window_ms",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative")
         for name in ("upstream_idle_timeout_s", "upstream_connect_timeout_s"):

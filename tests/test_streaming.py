@@ -158,3 +158,29 @@ async def test_stringified_content_array_output_gets_parsed_content(
     plain = await tab.call("run", {"session_id": "parsed", "input": "again"})
     done = await tab.wait_event("run.completed", run_id=plain["run_id"])
     assert "parsed_content" not in done
+
+
+async def test_coalescing_window_merges_deltas_and_keeps_the_text(
+    server: ChatrunServer, hermes: FakeHermes
+) -> None:
+    await server.restart(coalesce_window_ms=150)
+
+    async def script(run: FakeRun) -> None:
+        for i in range(30):
+            await run.delta(f"{i},")
+            await asyncio.sleep(0.01)
+        await run.complete()
+
+    hermes.script = script
+    tab = Tab(server.url)
+    await tab.connect()
+    try:
+        ack = await tab.call("run", {"session_id": "window", "input": "go"})
+        await tab.wait_event("run.completed", run_id=ack["run_id"])
+        deltas = tab.named("message.delta")
+        assert "".join(d["delta"] for d in deltas) == "".join(f"{i}," for i in range(30))
+        assert len(deltas) <= 6  # about one event per window instead of 30
+        seqs = tab.seqs("window")
+        assert seqs == list(range(1, len(seqs) + 1))
+    finally:
+        await tab.close()
