@@ -48,10 +48,16 @@ async def start(app: web.Application) -> None:
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
+async def stop(app: web.Application) -> None:
+    if http is not None:
+        await http.close()
+
+
 def main() -> None:
     app = web.Application()
     sio.attach(app)
     app.on_startup.append(start)
+    app.on_cleanup.append(stop)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 
 

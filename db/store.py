@@ -301,132 +301,119 @@ class Store:
             ).first()
             if existing is not None:
                 return Enqueued(_run(existing._mapping), duplicate=True)
-            created = None
             if owner is None:
-                created = SessionRecord(
-                    id=run.session_id,
-                    owner_id=owner_id,
-                    title=title,
-                    profile=run.profile,
-                    model=run.model,
-                    created_at=run.created_at,
-                    updated_at=run.created_at,
-                    last_seq=0,
-                    input_tokens=0,
-                    output_tokens=0,
-                )
-                await conn.execute(
-                    insert(Session).values(
-                        id=run.session_id,
-                        owner_id=owner_id,
-                        title=title,
-                        profile=run.profile,
-                        model=run.model,
-                        created_at=run.created_at,
-                        updated_at=run.created_at,
-                        last_seq=seq_reserve,
-                        input_tokens=0,
-                        output_tokens=0,
-                    )
-                )
-                position = 0
+                run.position = 1
             else:
-                position = (
+                position_now = (
                     await conn.execute(
                         select(func.coalesce(func.max(Run.position), 0)).where(
                             Run.session_id == run.session_id
                         )
                     )
                 ).scalar_one()
-            run.position = int(position) + 1
-            now = time.time()
-            await conn.execute(
-                insert(Run).values(
-                    id=run.id,
-                    session_id=run.session_id,
-                    queue_id=run.queue_id,
-                    input=json.dumps(run.input, ensure_ascii=False),
-                    model=run.model,
-                    instructions=run.instructions,
-                    profile=run.profile,
-                    status="running" if start else "queued",
-                    position=run.position,
-                    created_at=run.created_at,
-                    started_at=now if start else None,
-                )
-            )
-            if created is None:
+                run.position = int(position_now) + 1
                 await conn.execute(
                     update(Session)
                     .where(Session.id == run.session_id)
                     .values(updated_at=run.created_at)
                 )
-            started = None
-            if start is not None:
-                started = (
-                    await self._insert_message(conn, start[0], now),
-                    await self._insert_message(conn, start[1], now),
-                )
-            return Enqueued(run, session=created, started=started)
+            return await self._insert_run(
+                conn,
+                run,
+                owner_id=owner_id,
+                title=title,
+                seq_reserve=seq_reserve,
+                start=start,
+                create_session=owner is None,
+            )
 
         async def fast(conn: AsyncConnection) -> Enqueued:
-            created = None
-            if position is None:
-                created = SessionRecord(
-                    id=run.session_id,
-                    owner_id=owner_id,
-                    title=title,
-                    profile=run.profile,
-                    model=run.model,
-                    created_at=run.created_at,
-                    updated_at=run.created_at,
-                    last_seq=0,
-                    input_tokens=0,
-                    output_tokens=0,
-                )
-                await conn.execute(
-                    insert(Session).values(
-                        id=run.session_id,
-                        owner_id=owner_id,
-                        title=title,
-                        profile=run.profile,
-                        model=run.model,
-                        created_at=run.created_at,
-                        updated_at=run.created_at,
-                        last_seq=seq_reserve,
-                        input_tokens=0,
-                        output_tokens=0,
-                    )
-                )
             run.position = position or 1
-            now = time.time()
-            await conn.execute(
-                insert(Run).values(
-                    id=run.id,
-                    session_id=run.session_id,
-                    queue_id=run.queue_id,
-                    input=json.dumps(run.input, ensure_ascii=False),
-                    model=run.model,
-                    instructions=run.instructions,
-                    profile=run.profile,
-                    status="running" if start else "queued",
-                    position=run.position,
-                    created_at=run.created_at,
-                    started_at=now if start else None,
-                )
+            return await self._insert_run(
+                conn,
+                run,
+                owner_id=owner_id,
+                title=title,
+                seq_reserve=seq_reserve,
+                start=start,
+                create_session=position is None,
             )
-            started = None
-            if start is not None:
-                started = (
-                    await self._insert_message(conn, start[0], now),
-                    await self._insert_message(conn, start[1], now),
-                )
-            return Enqueued(run, session=created, started=started)
 
         try:
             return await self._transact(fast)
         except IntegrityError:
             return await self._transact(tx)
+
+    async def _insert_run(
+        self,
+        conn: AsyncConnection,
+        run: RunRecord,
+        *,
+        owner_id: int,
+        title: str,
+        seq_reserve: int,
+        start: tuple[dict[str, Any], dict[str, Any]] | None,
+        create_session: bool,
+    ) -> Enqueued:
+        created = None
+        if create_session:
+            created = SessionRecord(
+                id=run.session_id,
+                owner_id=owner_id,
+                title=title,
+                profile=run.profile,
+                model=run.model,
+                created_at=run.created_at,
+                updated_at=run.created_at,
+                last_seq=0,
+                input_tokens=0,
+                output_tokens=0,
+            )
+            await conn.execute(
+                INSERT_SESSION,
+                {
+                    "id": run.session_id,
+                    "owner_id": owner_id,
+                    "title": title,
+                    "profile": run.profile,
+                    "model": run.model,
+                    "created_at": run.created_at,
+                    "updated_at": run.created_at,
+                    "last_seq": seq_reserve,
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                },
+            )
+        now = time.time()
+        await conn.execute(
+            INSERT_RUN,
+            {
+                "id": run.id,
+                "session_id": run.session_id,
+                "queue_id": run.queue_id,
+                "input": json.dumps(run.input, ensure_ascii=False),
+                "model": run.model,
+                "instructions": run.instructions,
+                "profile": run.profile,
+                "status": "running" if start else "queued",
+                "position": run.position,
+                "created_at": run.created_at,
+                "started_at": now if start else None,
+                "upstream_run_id": None,
+                "usage": None,
+                "error": None,
+                "error_code": None,
+                "finish_reason": None,
+                "finished_at": None,
+            },
+        )
+        started = None
+        if start is not None:
+            started = (
+                await self._insert_message(conn, start[0], now),
+                await self._insert_message(conn, start[1], now),
+            )
+        return Enqueued(run, session=created, started=started)
 
     async def run_by_queue_id(self, session_id: str, queue_id: str) -> RunRecord | None:
         async with self._read() as conn:
