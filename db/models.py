@@ -91,3 +91,19 @@ class Run(Base):
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class MessageChunk(Base):
+    """Text appended to a streaming message since its row was last written whole.
+
+    Streaming text is stored append-only, so a flush writes only what is new; the chunks are
+    folded into ``messages`` when the message ends (or at start-up after a crash).
+    """
+
+    __tablename__ = "message_chunks"
+    __table_args__ = (Index("ix_message_chunks_message_id_id", "message_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    field: Mapped[str] = mapped_column(String(16))  # "content" | "reasoning"
+    text: Mapped[str] = mapped_column(Text)

@@ -95,13 +95,18 @@ class MessageRecord:
 
 @dataclass(slots=True)
 class MessageWrite:
-    """The mutable part of a message, as the flusher writes it."""
+    """What the flusher writes of a message: new text as appended chunks while it streams,
+    the whole text once (``content`` set) when it is final or was replaced."""
 
     id: int
-    content: str
-    reasoning: str
     status: str
     updated_at: float
+    content_len: int  # how much content is stored once this write commits
+    reasoning_len: int
+    content: str | None = None  # full rewrite (the chunks are then folded in and dropped)
+    reasoning: str | None = None
+    append_content: str = ""
+    append_reasoning: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
 

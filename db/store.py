@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.engine import create_engine, migrate
-from db.models import Message, Run, Session, User
+from db.models import Message, MessageChunk, Run, Session, User
 from db.records import (
     Enqueued,
     FlushBatch,
@@ -41,6 +41,7 @@ MAX_BATCH = 500  # writes per group commit
 MESSAGES = cast(Table, Message.__table__)
 RUNS = cast(Table, Run.__table__)
 SESSIONS = cast(Table, Session.__table__)
+CHUNKS = cast(Table, MessageChunk.__table__)
 INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
 INSERT_RUN = insert(RUNS)
 INSERT_SESSION = insert(SESSIONS)
@@ -478,6 +479,7 @@ class Store:
                     status="interrupted", finished_at=now, error=error, error_code="interrupted"
                 )
             )
+            await self._fold_chunks(conn)
             await conn.execute(
                 update(Message)
                 .where(Message.status == "streaming")
@@ -489,6 +491,23 @@ class Store:
             return [r.session_id for r in rows]
 
         return await self._transact(tx)
+
+    async def _fold_chunks(self, conn: AsyncConnection) -> None:
+        """Append every stored chunk to its message and drop the chunks."""
+        rows = await conn.execute(
+            select(CHUNKS.c.message_id, CHUNKS.c.field, CHUNKS.c.text).order_by(CHUNKS.c.id)
+        )
+        texts: dict[tuple[int, str], list[str]] = {}
+        for row in rows:
+            texts.setdefault((row.message_id, row.field), []).append(row.text)
+        for (message_id, field), parts in texts.items():
+            column = MESSAGES.c.content if field == "content" else MESSAGES.c.reasoning
+            await conn.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == message_id)
+                .values({column: column + "".join(parts)})
+            )
+        await conn.execute(delete(CHUNKS))
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -608,7 +627,9 @@ class Store:
             return
 
         async def tx(conn: AsyncConnection) -> None:
-            if batch.messages:
+            whole = [m for m in batch.messages if m.content is not None]
+            partial = [m for m in batch.messages if m.content is None]
+            if whole:
                 await conn.execute(
                     update(MESSAGES)
                     .where(MESSAGES.c.id == bindparam("m_id"))
@@ -630,9 +651,43 @@ class Store:
                             "m_tool_calls": dump_json(m.tool_calls),
                             "m_finish": m.finish_reason,
                         }
-                        for m in batch.messages
+                        for m in whole
                     ],
                 )
+                await conn.execute(
+                    delete(CHUNKS).where(CHUNKS.c.message_id == bindparam("m_id")),
+                    [{"m_id": m.id} for m in whole],
+                )
+            if partial:
+                await conn.execute(
+                    update(MESSAGES)
+                    .where(MESSAGES.c.id == bindparam("m_id"))
+                    .values(
+                        status=bindparam("m_status"),
+                        updated_at=bindparam("m_updated"),
+                        tool_calls=bindparam("m_tool_calls"),
+                    ),
+                    [
+                        {
+                            "m_id": m.id,
+                            "m_status": str(m.status),
+                            "m_updated": m.updated_at,
+                            "m_tool_calls": dump_json(m.tool_calls),
+                        }
+                        for m in partial
+                    ],
+                )
+                chunks = [
+                    {"message_id": m.id, "field": field, "text": text}
+                    for m in partial
+                    for field, text in (
+                        ("content", m.append_content),
+                        ("reasoning", m.append_reasoning),
+                    )
+                    if text
+                ]
+                if chunks:
+                    await conn.execute(insert(CHUNKS), chunks)
             if batch.sessions:
                 await conn.execute(
                     update(SESSIONS)

@@ -10,6 +10,7 @@ from db.records import FlushBatch, RunFinish
 from db.store import Store
 from server.metrics import Metrics
 from server.sessions import SEQ_BLOCK, SessionHub, SessionState
+from server.transcript import Draft
 
 log = logging.getLogger("chatrun.flusher")
 
@@ -52,7 +53,7 @@ class Flusher:
         self, states: list[SessionState], runs: list[RunFinish], *, exact: bool
     ) -> None:
         batch = FlushBatch(runs=runs)
-        drafts = []
+        drafts: list[Draft] = []
         ceilings: dict[str, int] = {}
         for state in states:
             if state.transcript is not None:
@@ -81,6 +82,8 @@ class Flusher:
                 draft.dirty = True
             self.hub.dirty.update(s.id for s in states)
             raise
+        for draft, write in zip(drafts, batch.messages, strict=True):
+            draft.stored(write)
         for state in states:
             # a ceiling only ever moves up while the server runs
             if exact or ceilings[state.id] > state.seq_reserved:

@@ -28,6 +28,9 @@ class Draft:
     __slots__ = (
         "_content",
         "_parts",
+        "_replaced",
+        "_stored_content",
+        "_stored_reasoning",
         "created_at",
         "dirty",
         "finish_reason",
@@ -68,6 +71,9 @@ class Draft:
         self.tool_name = tool_name
         self.finish_reason: str | None = None
         self.dirty = False
+        self._stored_content = len(content)  # how much of the text the database holds
+        self._stored_reasoning = 0
+        self._replaced = False  # the text was replaced, not appended to: rewrite it whole
 
     @property
     def content(self) -> str:
@@ -83,6 +89,7 @@ class Draft:
     def set_content(self, text: str) -> None:
         self._parts.clear()
         self._content = text
+        self._replaced = True
         self.dirty = True
 
     def record(self) -> MessageRecord:
@@ -102,15 +109,30 @@ class Draft:
         )
 
     def write(self) -> MessageWrite:
-        return MessageWrite(
+        """What to store now: new text as chunks while streaming, all of it when final."""
+        content, reasoning = self.content, self.reasoning
+        write = MessageWrite(
             id=self.id,
-            content=self.content,
-            reasoning=self.reasoning,
             status=self.status,
             updated_at=time.time(),
+            content_len=len(content),
+            reasoning_len=len(reasoning),
             tool_calls=self.tool_calls,
             finish_reason=self.finish_reason,
         )
+        if self.status != MessageStatus.STREAMING or self._replaced:
+            write.content, write.reasoning = content, reasoning
+        else:
+            write.append_content = content[self._stored_content :]
+            write.append_reasoning = reasoning[self._stored_reasoning :]
+        return write
+
+    def stored(self, write: MessageWrite) -> None:
+        """Record that ``write`` was committed."""
+        self._stored_content = write.content_len
+        self._stored_reasoning = write.reasoning_len
+        if write.content is not None:
+            self._replaced = False
 
 
 # Inserts a message row and returns its id.

@@ -124,11 +124,15 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
 
         db = sqlite3.connect(data_dir / "chatrun.db")
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # streaming text is stored as appended chunks until the message ends
         row = db.execute(
-            "SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'",
+            "SELECT m.content || coalesce((SELECT group_concat(text, '') FROM (SELECT text "
+            "FROM message_chunks WHERE message_id = m.id AND field = 'content' ORDER BY id)), "
+            "'') FROM messages m WHERE run_id = ? AND role = 'assistant'",
             (first["run_id"],),
         ).fetchone()
         assert row[0] == "partial text"
+        assert db.execute("SELECT count(*) FROM message_chunks").fetchone()[0] >= 1
         db.close()
 
         proc = await _start_process(data_dir, hermes.url, port)
@@ -149,6 +153,7 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
             0
         ]
         assert status == "interrupted"
+        assert db.execute("SELECT count(*) FROM message_chunks").fetchone()[0] == 0
         msg = db.execute(
             "SELECT content, status FROM messages WHERE run_id = ? AND role = 'assistant'",
             (first["run_id"],),
