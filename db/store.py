@@ -318,18 +318,13 @@ class Store:
                     .where(Session.id == run.session_id)
                     .values(updated_at=run.created_at)
                 )
-            return await self._insert_run(
-                conn,
-                run,
-                owner_id=owner_id,
-                title=title,
-                seq_reserve=seq_reserve,
-                start=start,
-                create_session=owner is None,
-            )
+            return await insert_run(conn, create_session=owner is None)
 
         async def fast(conn: AsyncConnection) -> Enqueued:
             run.position = position or 1
+            return await insert_run(conn, create_session=position is None)
+
+        async def insert_run(conn: AsyncConnection, *, create_session: bool) -> Enqueued:
             return await self._insert_run(
                 conn,
                 run,
@@ -337,7 +332,7 @@ class Store:
                 title=title,
                 seq_reserve=seq_reserve,
                 start=start,
-                create_session=position is None,
+                create_session=create_session,
             )
 
         try:
