@@ -631,7 +631,9 @@ class RunManager:
             log.info("continuing the queues of %d sessions", len(session_ids))
 
     async def shutdown(self) -> None:
-        """Stop accepting runs; runs in flight end ``interrupted`` with their text saved."""
+        """Stop accepting runs, let runs in flight finish within the shutdown grace time, then
+        end the rest ``interrupted`` (text saved, upstream asked to stop). Queued runs stay
+        queued for the next start."""
         self.accepting = False
         self._shutting_down = True
         tasks = [
@@ -639,6 +641,13 @@ class RunManager:
             for s in self.hub.sessions.values()
             if s.active is not None and s.active.task is not None
         ]
+        if not tasks:
+            return
+        grace = self.settings.shutdown_grace_s
+        if grace > 0:
+            log.info("waiting up to %g s for %d runs to finish", grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            tasks = list(pending)
         for task in tasks:
             task.cancel()
         if tasks:

@@ -68,6 +68,9 @@ class Settings:
         0, "Extra wait for more deltas before emitting one (0: only adaptive coalescing)."
     )
     uvloop: bool = _setting(True, "Run on uvloop when it is installed.")
+    shutdown_grace_s: float = _setting(
+        10.0, "On SIGTERM, how long runs in flight may finish before they are interrupted."
+    )
     max_input_chars: int = _setting(
         1_000_000, "Largest accepted run input (and instructions), in characters."
     )
@@ -120,6 +123,8 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("CHATRUN_SHUTDOWN_GRACE_S must not be negative")
         for name in ("upstream_idle_timeout_s", "upstream_connect_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive")

@@ -33,6 +33,7 @@ def make_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Settin
         upstream_connect_timeout_s=3.0,
         upstream_retry_backoff_ms=50,
         session_idle_evict_s=600.0,
+        shutdown_grace_s=0.0,
     )
     base.update(overrides)
     return Settings(**base)

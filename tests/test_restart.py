@@ -172,3 +172,46 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+async def test_stop_lets_runs_finish_within_the_grace_and_keeps_the_queue(
+    server: ChatrunServer, hermes: FakeHermes
+) -> None:
+    await server.restart(shutdown_grace_s=5.0)
+
+    async def script(run: FakeRun) -> None:
+        for i in range(20):
+            await run.delta(f"{i} ")
+            await asyncio.sleep(0.02)
+        await run.complete()
+
+    hermes.script = script
+    tab = Tab(server.url)
+    await tab.connect()
+    first = await tab.call("run", {"session_id": "grace", "input": "first"})
+    second = await tab.call("run", {"session_id": "grace", "input": "second"})
+    await tab.wait_event("message.delta", run_id=first["run_id"])
+    await server.stop()
+    await tab.close()
+    statuses = dict(server.query("SELECT id, status FROM runs"))
+    assert statuses == {first["run_id"]: "completed", second["run_id"]: "queued"}
+    content = server.query(
+        "SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'", first["run_id"]
+    )[0]["content"]
+    assert content == "".join(f"{i} " for i in range(20))
+    await server.start()
+    await _wait_for_status(server, second["run_id"], "completed")
+
+
+async def test_stop_interrupts_runs_that_outlast_the_grace(
+    server: ChatrunServer, hermes: FakeHermes
+) -> None:
+    await server.restart(shutdown_grace_s=0.3)
+    hermes.script = first_streams_forever
+    tab = Tab(server.url)
+    await tab.connect()
+    ack = await tab.call("run", {"session_id": "outlast", "input": "first"})
+    await tab.wait_for(lambda ev: tab.text(ack["run_id"]) == "partial text")
+    await server.stop()
+    await tab.close()
+    assert server.query("SELECT status FROM runs")[0]["status"] == "interrupted"
