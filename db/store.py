@@ -31,7 +31,7 @@ from db.records import (
     dump_json,
     load_json,
 )
-from server.errors import Forbidden
+from server.errors import BadRequest, Forbidden
 
 ACTIVE_RUN_STATUSES = ("running",)
 T = TypeVar("T")
@@ -180,6 +180,44 @@ class Store:
                 )
             ).first()
         return None if row is None else UserRecord(id=row.id, name=row.name)
+
+    async def add_user(self, name: str, token: str) -> UserRecord:
+        """A new user with this token (stored hashed); ``BadRequest`` if the name is taken."""
+
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(
+                insert(User).values(name=name, token_hash=hash_token(token), created_at=time.time())
+            )
+
+        try:
+            await self._transact(tx)
+        except IntegrityError:
+            raise BadRequest(f"there is already a user called {name!r}") from None
+        user = await self.user_by_name(name)
+        assert user is not None
+        return user
+
+    async def list_users(self) -> list[tuple[str, float, float | None]]:
+        """``(name, created_at, revoked_at)`` of every user."""
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(User.name, User.created_at, User.revoked_at).order_by(User.name)
+            )
+            return [(r.name, r.created_at, r.revoked_at) for r in rows]
+
+    async def revoke_user(self, name: str) -> bool:
+        """Make the user's token stop working; False when there is no such active user."""
+
+        async def tx(conn: AsyncConnection) -> bool:
+            now = time.time()
+            result = await conn.execute(
+                update(User)
+                .where(User.name == name, User.revoked_at.is_(None))
+                .values(revoked_at=now, token_hash=hash_token(f"revoked:{name}:{now}"))
+            )
+            return bool(result.rowcount)
+
+        return await self._transact(tx)
 
     async def user_by_name(self, name: str) -> UserRecord | None:
         async with self._read() as conn:

@@ -61,6 +61,10 @@ def main() -> int:
     except ConfigError as exc:
         print(f"chatrun: {exc.message}", file=sys.stderr)
         return 2
+    if sys.argv[1:2] == ["users"]:
+        from server import cli
+
+        return cli.main(settings, sys.argv[2:])
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
