@@ -1,0 +1,339 @@
+// Renderer: state → DOM. Builds elements with text nodes only (see markdown.js), and reuses the
+// element of everything that did not change (messages are cached per object and revision, queue
+// bubbles and session items per signature), so a streaming answer rebuilds one element per
+// frame, not the whole page, and a click on a button is never lost to a re-render.
+
+import { $, el, relativeTime, compactNumber, isNumber } from "./util.js";
+import { renderRich } from "./markdown.js";
+import { queueItems, liveStatus } from "./store.js";
+
+const STATUS_LABEL = {
+  streaming: "streaming",
+  aborted: "stopped",
+  failed: "failed",
+  interrupted: "interrupted",
+  queued: "queued",
+  sending: "sending…",
+  starting: "starting…",
+  running: "running",
+};
+
+function badge(status, label = STATUS_LABEL[status] || status) {
+  return el("span", { className: `badge badge-${status}` }, label);
+}
+
+function clock(epochSeconds) {
+  if (!isNumber(epochSeconds)) return null;
+  const date = new Date(epochSeconds * 1000);
+  return el("time", {
+    className: "message-time",
+    dateTime: date.toISOString(),
+    title: date.toLocaleString(),
+  }, date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+}
+
+/** Put `nodes` into `parent` in order, moving and removing as little as possible. */
+function reconcile(parent, nodes) {
+  const keep = new Set(nodes);
+  for (const child of [...parent.children]) if (!keep.has(child)) child.remove();
+  nodes.forEach((node, i) => {
+    if (parent.children[i] !== node) parent.insertBefore(node, parent.children[i] || null);
+  });
+}
+
+// ------------------------------------------------------------------------------ messages --
+
+/** Elements per message object: {rev, aborting, el}. */
+const cache = new WeakMap();
+
+/** The keys of <details> the user opened or closed (kept across rebuilds while streaming). */
+const openDetails = new Set();
+
+function details(key, className, summary, body) {
+  const node = el("details", { className, open: openDetails.has(key) }, el("summary", {}, ...summary), body);
+  node.addEventListener("toggle", () => {
+    if (node.open) openDetails.add(key);
+    else openDetails.delete(key);
+  });
+  return node;
+}
+
+/** Is this message worth an element? (An empty segment that only carried tool calls is not.) */
+export function visible(m) {
+  if (m.role !== "assistant") return true;
+  return Boolean(m.content || m.reasoning || m.error || m.status !== "complete" || !m.tool_calls);
+}
+
+function messageElement(m, aborting) {
+  const hit = cache.get(m);
+  if (hit && hit.rev === m.rev && hit.aborting === aborting) return hit.el;
+  const node = m.role === "tool" ? toolMessage(m) : m.role === "user" ? userMessage(m) : assistantMessage(m, aborting);
+  cache.set(m, { rev: m.rev, aborting, el: node });
+  return node;
+}
+
+function shell(m, ...children) {
+  return el("article", {
+    className: `message message-${m.role} status-${m.status}`,
+    dataset: { testid: "message", role: m.role, status: m.status, ...(m.run_id ? { runId: m.run_id } : {}) },
+  }, ...children);
+}
+
+function content(m, rich) {
+  // data-raw: the exact text, for tests and for copying (rendering may reflow it)
+  const node = el("div", { className: "message-content", dataset: { testid: "message-content", raw: m.content } });
+  if (rich) renderRich(node, m.content);
+  else node.textContent = m.content;
+  return node;
+}
+
+function userMessage(m) {
+  return shell(m, el("div", { className: "bubble" }, content(m, false)), el("div", { className: "message-meta" }, clock(m.timestamp)));
+}
+
+function assistantMessage(m, aborting) {
+  const streaming = m.status === "streaming";
+  const meta = el("div", { className: "message-meta" }, el("span", { className: "who" }, "Assistant"));
+  if (streaming) meta.append(badge("streaming", aborting ? "stopping…" : "streaming"));
+  else if (STATUS_LABEL[m.status]) meta.append(badge(m.status));
+  meta.append(clock(m.timestamp) || "");
+  const node = shell(m, meta);
+  if (m.reasoning) {
+    const thinking = streaming && !m.content;
+    node.append(details(`${m.key}:reasoning`, "reasoning",
+      [thinking ? "Thinking…" : "Reasoning", el("span", { className: "summary-hint" }, ` · ${m.reasoning.length.toLocaleString()} chars`)],
+      el("div", { className: "reasoning-body" }, m.reasoning)));
+  }
+  const body = content(m, true);
+  if (streaming) body.classList.add("is-streaming");
+  node.append(body);
+  if (m.status === "failed") {
+    node.append(el("div", { className: "run-error", role: "note" }, `Error: ${m.error || "the run failed."}`));
+  } else if (m.status === "interrupted") {
+    node.append(el("div", { className: "run-note", role: "note" },
+      m.error || "The server stopped while this answer was being written; the text so far was kept."));
+  } else if (m.status === "aborted") {
+    node.append(el("div", { className: "run-note", role: "note" }, "Stopped. The text so far was kept."));
+  }
+  return node;
+}
+
+function toolMessage(m) {
+  const running = m.status === "streaming";
+  const summary = [
+    el("span", { className: "tool-icon", attrs: { "aria-hidden": "true" } }, "⚙"),
+    el("span", { className: "tool-name" }, m.tool_name || "tool"),
+  ];
+  if (m.preview) summary.push(el("span", { className: "tool-preview" }, m.preview));
+  if (running) summary.push(badge("running", "running…"));
+  else if (m.status === "failed") summary.push(badge("failed", "error"));
+  else if (STATUS_LABEL[m.status]) summary.push(badge(m.status));
+  if (isNumber(m.duration)) summary.push(el("span", { className: "tool-duration" }, `${m.duration < 10 ? m.duration.toFixed(1) : Math.round(m.duration)} s`));
+  const body = el("div", { className: "message-content tool-output", dataset: { testid: "message-content", raw: m.content } });
+  if (m.content) body.append(el("pre", {}, el("code", {}, m.content)));
+  else body.append(el("p", { className: "muted" }, running ? "Running…" : "No output."));
+  return shell(m, details(`${m.key}:tool`, "tool-details", summary, body));
+}
+
+// -------------------------------------------------------------------------------- chat --
+
+/**
+ * The open session: transcript, queue, notice, usage, title and composer buttons.
+ * `v` may be null (nothing open).
+ */
+export function renderChat(v, session, handlers) {
+  const transcript = $("transcript");
+  const stick = transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 80;
+
+  const messages = v ? v.messages.filter(visible) : [];
+  const aborting = Boolean(v && v.aborting);
+  reconcile($("messages"), messages.map((m) => messageElement(m, aborting && m.status === "streaming")));
+
+  const items = v ? queueItems(v) : [];
+  reconcile($("queued"), items.map((item) => queuedElement(item, handlers)));
+
+  const loading = Boolean(v && v.lastSeq === null && !messages.length);
+  $("loading").hidden = !loading;
+  $("loading").textContent = v && v.loadError ? v.loadError : "Loading…";
+  $("empty").hidden = loading || messages.length > 0 || items.length > 0;
+
+  const notice = $("compression");
+  notice.hidden = !(v && v.notice);
+  if (v && v.notice) {
+    notice.textContent = v.notice.text;
+    notice.classList.toggle("is-error", Boolean(v.notice.error));
+    notice.classList.toggle("is-busy", Boolean(v.notice.busy));
+  }
+
+  $("load-earlier").hidden = !(v && v.lastSeq !== null && v.hasMore);
+
+  const working = Boolean(v && v.working);
+  const stop = $("stop");
+  stop.hidden = !working;
+  stop.disabled = aborting;
+  stop.textContent = aborting ? "Stopping…" : "Stop";
+  const queues = working || items.length > 0;
+  $("send").textContent = queues ? "Queue" : "Send";
+  $("send").title = queues ? "Sent when the current answer is done" : "Send (Enter)";
+
+  $("chat-title").textContent = session && session.title ? session.title : v ? "New chat" : "Chatrun";
+  renderUsage(v ? v.usage : null);
+
+  if (stick) transcript.scrollTop = transcript.scrollHeight;
+}
+
+/** Queue bubbles by queue_id: rebuilt only when they change. */
+const queuedCache = new Map();
+
+function queuedElement(item, handlers) {
+  const sig = `${item.phase}|${item.cancellable}|${item.cancelling}|${item.text}`;
+  const hit = queuedCache.get(item.queue_id);
+  if (hit && hit.sig === sig) return hit.el;
+  const node = buildQueued(item, handlers);
+  queuedCache.set(item.queue_id, { sig, el: node });
+  if (queuedCache.size > 200) queuedCache.delete(queuedCache.keys().next().value);
+  return node;
+}
+
+function buildQueued(item, handlers) {
+  const meta = el("div", { className: "message-meta" }, badge(item.phase));
+  if (item.cancellable) {
+    meta.append(el("button", {
+      type: "button",
+      className: "link small",
+      disabled: item.cancelling,
+      dataset: { testid: "queued-cancel" },
+      attrs: { "aria-label": "Cancel this queued message" },
+      on: { click: () => handlers.cancelQueued(item.queue_id) },
+    }, item.cancelling ? "Cancelling…" : "Cancel"));
+  }
+  return el("div", {
+    className: `message message-user queued-item phase-${item.phase}`,
+    dataset: { testid: "queued-item", queueId: item.queue_id, status: item.phase },
+  }, el("div", { className: "bubble" }, el("div", { className: "message-content" }, item.text)), meta);
+}
+
+/** The usage gauge: token totals and a context bar; each part only when its fields exist. */
+export function renderUsage(usage) {
+  const box = $("usage");
+  const tokens = [];
+  // Zero totals carry no information (an upstream that reports no usage): not shown.
+  const counted = usage && (usage.inputTokens || usage.outputTokens);
+  if (counted && isNumber(usage.inputTokens)) tokens.push(`${compactNumber(usage.inputTokens)} in`);
+  if (counted && isNumber(usage.outputTokens)) tokens.push(`${compactNumber(usage.outputTokens)} out`);
+  const context = usage && isNumber(usage.contextTokens) && isNumber(usage.contextLimit) && usage.contextLimit > 0;
+  box.hidden = !tokens.length && !context;
+  const tokenText = $("usage-tokens");
+  tokenText.hidden = !tokens.length;
+  tokenText.textContent = tokens.join(" · ");
+  tokenText.title = usage ? `Input tokens: ${usage.inputTokens ?? "–"}, output tokens: ${usage.outputTokens ?? "–"}` : "";
+  const part = $("usage-context");
+  part.hidden = !context;
+  if (context) {
+    const pct = Math.max(0, Math.min(100, (usage.contextTokens / usage.contextLimit) * 100));
+    const bar = $("context-bar");
+    bar.style.setProperty("--fill", `${pct.toFixed(1)}%`); // a custom property: CSP-safe
+    bar.classList.toggle("is-high", pct >= 80);
+    bar.setAttribute("aria-valuenow", pct.toFixed(0));
+    $("context-text").textContent = `${compactNumber(usage.contextTokens)} / ${compactNumber(usage.contextLimit)}`;
+    part.title = `Context: ${usage.contextTokens} of ${usage.contextLimit} tokens (${pct.toFixed(0)}%)`;
+  }
+}
+
+// ---------------------------------------------------------------------------- sidebar --
+
+const sessionCache = new Map(); // id -> {sig, el}
+
+/**
+ * The session list. `ui.renaming` = {id} shows an input for that session; `ui.confirmDelete` =
+ * id asks for confirmation.
+ */
+export function renderSessions(sessions, current, ui, handlers, hasMore) {
+  const list = $("sessions");
+  const now = Date.now() / 1000;
+  const items = sessions.map((s) => {
+    const status = liveStatus(s);
+    const renaming = Boolean(ui.renaming && ui.renaming.id === s.id);
+    const sig = [s.title, s.preview, relativeTime(s.updated_at, now), status, s.id === current, renaming, ui.confirmDelete === s.id].join("\u0000");
+    const hit = sessionCache.get(s.id);
+    if (hit && hit.sig === sig && !renaming) return hit.el;
+    const node = sessionItem(s, status, current, ui, handlers, now);
+    sessionCache.set(s.id, { sig, el: node });
+    return node;
+  });
+  reconcile(list, items);
+  for (const id of sessionCache.keys()) if (!sessions.some((s) => s.id === id)) sessionCache.delete(id);
+  $("sessions-empty").hidden = sessions.length > 0;
+  $("more-sessions").hidden = !hasMore;
+}
+
+function sessionItem(s, status, current, ui, handlers, now) {
+  const li = el("li", {
+    className: `session${s.id === current ? " is-active" : ""}`,
+    dataset: { testid: "session-item", sessionId: s.id, status },
+  });
+  if (s.id === current) li.setAttribute("aria-current", "page");
+  if (ui.renaming && ui.renaming.id === s.id) {
+    li.append(renameField(s, handlers));
+    return li;
+  }
+  const title = el("span", { className: "session-title" }, s.title || "Untitled chat");
+  const top = el("span", { className: "session-top" }, title);
+  if (status === "running") top.append(badge("running"));
+  else if (status === "queued") top.append(badge("queued"));
+  const sub = el("span", { className: "session-sub" },
+    el("time", { title: isNumber(s.updated_at) ? new Date(s.updated_at * 1000).toLocaleString() : "" }, relativeTime(s.updated_at, now)),
+    s.preview ? ` · ${s.preview}` : "");
+  // A plain link: the URL hash is the open session (the controller follows hashchange).
+  li.append(el("a", { className: "session-open", href: `#${encodeURIComponent(s.id)}` }, top, sub));
+  const confirming = ui.confirmDelete === s.id;
+  li.append(el("span", { className: `session-actions${confirming ? " is-confirming" : ""}` },
+    el("button", { type: "button", className: "small", on: { click: () => handlers.startRename(s.id) } }, "Rename"),
+    el("button", {
+      type: "button",
+      className: `small${confirming ? " danger" : ""}`,
+      on: { click: () => (confirming ? handlers.deleteSession(s.id) : handlers.askDelete(s.id)) },
+    }, confirming ? "Confirm?" : "Delete")));
+  return li;
+}
+
+function renameField(session, handlers) {
+  const input = el("input", {
+    type: "text",
+    className: "rename-input",
+    value: session.title || "",
+    maxLength: 200,
+    attrs: { "aria-label": "Chat title" },
+  });
+  let done = false;
+  const finish = (save) => {
+    if (done) return;
+    done = true;
+    handlers.finishRename(session.id, save ? input.value.trim() : null);
+  };
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") { e.preventDefault(); finish(true); }
+    if (e.key === "Escape") { e.preventDefault(); finish(false); }
+  });
+  input.addEventListener("blur", () => finish(true));
+  queueMicrotask(() => { input.focus(); input.select(); });
+  return input;
+}
+
+// ---------------------------------------------------------------------- small widgets --
+
+const CONNECTION_LABEL = { connected: "Connected", reconnecting: "Reconnecting…", disconnected: "Disconnected" };
+
+export function renderConnection(value, label) {
+  const node = $("connection");
+  node.dataset.state = value;
+  $("connection-label").textContent = label || CONNECTION_LABEL[value] || value;
+  node.title = CONNECTION_LABEL[value] || value;
+}
+
+/** The error banner above the composer (ack errors and other failures, in place). */
+export function showError(message) {
+  const banner = $("error-banner");
+  $("error-text").textContent = message || "";
+  banner.hidden = !message;
+}

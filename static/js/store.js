@@ -1,0 +1,520 @@
+// State store: the client's state and every rule that changes it. No DOM, no network here, so
+// the rules can be read (and tested) on their own.
+//
+// The exactness rule (PROTOCOL.md §3/§4): every session event carries `seq`, one more than the
+// previous event of the session. A view applies an event only when its seq is above the last
+// one it applied (`lastSeq`), so it never applies anything twice; an event more than one above
+// is a gap, and the view asks the server to replay from where it stands. `resumed.seq` is where a
+// view stands after a resume: a snapshot (replay: false) replaces the view, a replay keeps it.
+
+export const state = {
+  token: "",
+  user: null, // {name}
+  connection: "disconnected", // connected | reconnecting | disconnected
+  sessions: [], // from GET /api/sessions, newest first
+  nextCursor: null,
+  current: null, // the open session id
+  views: new Map(), // session id -> view
+  everConnected: false, // "Connecting…" until the first connect, "Reconnecting…" after
+};
+
+/**
+ * The client's picture of one session.
+ *   lastSeq   null: no view yet (or a snapshot is awaited: events are dropped until it comes)
+ *   messages  the transcript, as the server's messages are (§4), plus the live ones
+ *   queue     the server's queue [{queue_id, run_id, preview}] (run.queued / resumed)
+ *   outgoing  messages this tab sent that are not in the transcript yet:
+ *             {queue_id, text, run_id, phase: "sending" | "queued" | "starting", emitted}
+ */
+export function newView(id) {
+  return {
+    id,
+    lastSeq: null,
+    messages: [],
+    hasMore: false, // older messages exist than the first one shown (REST pagination)
+    working: false,
+    aborting: false,
+    runId: null,
+    queue: [],
+    outgoing: [],
+    cancelling: new Set(), // queue_ids whose cancel_queued_run is on its way
+    usage: null, // {inputTokens, outputTokens, contextTokens, contextLimit}: present ones only
+    notice: null, // {text, error, busy}: compression
+    fresh: false, // a new chat this tab created: not on the server until its first run
+    loadError: null, // why the first resume failed (shown instead of "Loading…")
+    resumesInFlight: 0, // resume emits not acknowledged yet (the ack follows the replayed events)
+    maxSeen: 0, // the highest seq received: above lastSeq once a resume is done = a missed event
+    gapAt: null, // the lastSeq at which a gap was last seen (a second gap there: snapshot)
+  };
+}
+
+export function view(id) {
+  let v = state.views.get(id);
+  if (!v) {
+    v = newView(id);
+    state.views.set(id, v);
+  }
+  return v;
+}
+
+// ------------------------------------------------------------------------------ messages --
+
+let liveCounter = 0;
+
+function message(fields) {
+  return {
+    key: `live${++liveCounter}`,
+    id: null,
+    role: "assistant",
+    content: "",
+    reasoning: "",
+    status: "complete",
+    run_id: null,
+    tool_name: null,
+    tool_call_id: null,
+    tool_calls: null,
+    preview: "",
+    error: null,
+    duration: null,
+    timestamp: Date.now() / 1000,
+    rev: 0, // bumped on every change: the renderer rebuilds a message only when it changed
+    ...fields,
+  };
+}
+
+/** Mark a message changed (the renderer caches elements per message and revision). */
+function touch(m) {
+  m.rev += 1;
+  return m;
+}
+
+/** A server message (§4) as a view message. `previews`: tool_call_id -> tool call arguments. */
+export function fromServer(m, previews = new Map()) {
+  return message({
+    key: `m${m.id}`,
+    id: typeof m.id === "number" ? m.id : null,
+    role: m.role,
+    content: typeof m.content === "string" ? m.content : contentText(m.content),
+    reasoning: m.reasoning || "",
+    status: m.status || "complete",
+    run_id: m.run_id || null,
+    tool_name: m.tool_name || null,
+    tool_call_id: m.tool_call_id || null,
+    tool_calls: Array.isArray(m.tool_calls) ? m.tool_calls : null,
+    preview: previews.get(m.tool_call_id) || "",
+    error: typeof m.error === "string" ? m.error : null, // not sent today; shown when it is
+    timestamp: m.timestamp,
+  });
+}
+
+/** Content blocks as text (the server sends strings, but a block array must not crash us). */
+function contentText(content) {
+  if (!Array.isArray(content)) return content == null ? "" : String(content);
+  return content
+    .map((b) => (b && b.type === "text" ? b.text : b && b.name ? `[${b.type}: ${b.name}]` : ""))
+    .filter(Boolean)
+    .join("\n\n");
+}
+
+function serverMessages(list) {
+  const previews = new Map();
+  for (const m of list) {
+    for (const call of (Array.isArray(m.tool_calls) ? m.tool_calls : [])) {
+      if (call && call.id) previews.set(call.id, (call.function && call.function.arguments) || "");
+    }
+  }
+  return list.map((m) => fromServer(m, previews));
+}
+
+/** Messages from GET …/messages (older ones): prepended, never duplicated. */
+export function prependOlder(v, list, hasMore) {
+  const first = v.messages.find((m) => m.id !== null);
+  const older = serverMessages(list).filter((m) => m.id !== null && (!first || m.id < first.id));
+  v.messages = [...older, ...v.messages];
+  v.hasMore = Boolean(hasMore) && older.length > 0;
+}
+
+const runMessages = (v, runId) => v.messages.filter((m) => m.run_id === runId && m.role !== "user");
+const hasUserMessage = (v, runId) => v.messages.some((m) => m.role === "user" && m.run_id === runId);
+
+/**
+ * The run's open assistant segment: the one deltas go to. Like the server's transcript, a tool
+ * call closes the segment, and the next text opens a new one.
+ */
+function openSegment(v, runId) {
+  const last = [...v.messages].reverse().find((m) => m.run_id === runId && m.role !== "user");
+  if (last && last.role === "assistant" && last.status === "streaming") return last;
+  const m = message({ role: "assistant", status: "streaming", run_id: runId });
+  v.messages.push(m);
+  return m;
+}
+
+function pushUser(v, text, runId) {
+  v.messages.push(message({ role: "user", content: text, run_id: runId }));
+}
+
+// ---------------------------------------------------------------------------- outgoing --
+
+/** A message typed in this tab, before the server has it in the transcript. */
+export function addOutgoing(v, queueId, text) {
+  const item = { queue_id: queueId, text, run_id: null, phase: "sending", emitted: false, tries: 0 };
+  v.outgoing.push(item);
+  return item;
+}
+
+export function removeOutgoing(v, queueId) {
+  v.outgoing = v.outgoing.filter((o) => o.queue_id !== queueId);
+}
+
+/**
+ * The `run` ack. queued:false means the run is the session's active one (or already over):
+ * the question moves into the transcript with an answer placeholder right away, so nothing
+ * flickers while the upstream accepts the run. Events that come later find it by run_id.
+ */
+export function applyRunAck(v, item, ack) {
+  item.run_id = ack.run_id || item.run_id;
+  if (ack.queued) {
+    if (v.outgoing.includes(item) && item.phase === "sending") item.phase = "queued";
+    return;
+  }
+  removeOutgoing(v, item.queue_id);
+  if (v.lastSeq === null || !ack.run_id || v.messages.some((m) => m.run_id === ack.run_id)) return;
+  pushUser(v, item.text, ack.run_id);
+  openSegment(v, ack.run_id);
+  if (!v.working) {
+    v.working = true;
+    v.runId = ack.run_id;
+  }
+}
+
+/** Align this tab's outgoing messages with what a snapshot says. */
+function reconcileOutgoing(v) {
+  const queued = new Map(v.queue.map((q) => [q.queue_id, q]));
+  v.outgoing = v.outgoing.filter((o) => {
+    if (o.run_id && hasUserMessage(v, o.run_id)) return false; // in the transcript now
+    const q = queued.get(o.queue_id);
+    if (q) {
+      o.phase = "queued";
+      o.run_id = q.run_id || o.run_id;
+      return true;
+    }
+    // Not acknowledged yet: still on its way. Acknowledged but neither queued nor in the
+    // transcript: cancelled (or about to start; run.started then asks for a snapshot).
+    return o.phase === "sending";
+  });
+}
+
+/**
+ * What the queue area shows, in order: the item about to start, the server's queue (with our
+ * full text where we have it), then our messages the server has not listed yet.
+ */
+export function queueItems(v) {
+  const items = listQueue(v);
+  for (const item of items) item.cancelling = v.cancelling.has(item.queue_id);
+  return items;
+}
+
+function listQueue(v) {
+  const mine = new Map(v.outgoing.map((o) => [o.queue_id, o]));
+  const listed = new Set(v.queue.map((q) => q.queue_id));
+  const items = [];
+  for (const o of v.outgoing) {
+    if (o.phase === "starting") items.push({ queue_id: o.queue_id, text: o.text, phase: "starting", cancellable: false });
+  }
+  for (const q of v.queue) {
+    const o = mine.get(q.queue_id);
+    items.push({ queue_id: q.queue_id, text: o ? o.text : q.preview || "", phase: "queued", cancellable: true });
+  }
+  for (const o of v.outgoing) {
+    if (o.phase === "starting" || listed.has(o.queue_id)) continue;
+    items.push({
+      queue_id: o.queue_id,
+      text: o.text,
+      phase: o.phase,
+      // not emitted yet (offline): cancelling is local; acknowledged: the server cancels it
+      cancellable: !o.emitted || o.phase === "queued",
+    });
+  }
+  return items;
+}
+
+// ------------------------------------------------------------------------------ resumed --
+
+/**
+ * Apply `resumed`. Snapshot: the view becomes the snapshot, standing at `seq`. Replay: the view
+ * is kept and the replayed events follow; it stands at max(lastSeq, seq), because a socket that
+ * was already in the room may have applied live events past `last_seq` before this answer (the
+ * replay re-sends them, and the seq rule must skip them).
+ * Returns the view, or null when the answer is not for a view we keep.
+ */
+export function applyResumed(data) {
+  if (!data || typeof data.session_id !== "string" || typeof data.seq !== "number") return null;
+  const v = state.views.get(data.session_id);
+  if (!v) return null;
+  if (data.replay) {
+    // A replay answer while a snapshot is awaited (lastSeq null): the snapshot, answered after
+    // it, covers everything; keep waiting for it.
+    if (v.lastSeq !== null) v.lastSeq = Math.max(v.lastSeq, data.seq);
+    return v;
+  }
+  v.messages = serverMessages(Array.isArray(data.messages) ? data.messages : []);
+  v.hasMore = v.messages.length >= 500; // the snapshot holds the latest 500 at most
+  v.lastSeq = data.seq;
+  v.gapAt = null;
+  v.loadError = null;
+  v.working = Boolean(data.isWorking);
+  v.aborting = Boolean(data.isAborting);
+  v.runId = data.run_id || null;
+  v.queue = Array.isArray(data.queue) ? data.queue : v.queue;
+  v.notice = null;
+  // Zero totals of a fresh session are "no usage yet": the gauge stays hidden until a run ends.
+  if (isCount(data.inputTokens) && isCount(data.outputTokens) && (data.inputTokens || data.outputTokens || v.usage)) {
+    v.usage = { ...(v.usage || {}), inputTokens: data.inputTokens, outputTokens: data.outputTokens };
+  }
+  for (const item of Array.isArray(data.events) ? data.events : []) {
+    if (item && typeof item.event === "string") applyStateEvent(v, item.event, item.data || {});
+  }
+  reconcileOutgoing(v);
+  return v;
+}
+
+const isCount = (n) => typeof n === "number" && Number.isFinite(n);
+
+// ------------------------------------------------------------------------------- events --
+
+/**
+ * Where an event stands against the view: "apply", "skip" (seen, or before the snapshot),
+ * "wait" (a snapshot is awaited), "gap" (events are missing before it).
+ */
+export function gate(v, seq) {
+  if (v.lastSeq === null) return "wait";
+  if (seq <= v.lastSeq) return "skip";
+  if (seq > v.lastSeq + 1) return "gap";
+  return "apply";
+}
+
+/**
+ * Apply one numbered event (already gated) and advance lastSeq. Returns what the caller must do:
+ *   snapshot: the view cannot place the event (a run started from another tab: its question
+ *             text is only in the transcript), so it must be rebuilt from a snapshot
+ *   sessions: the session list changed (status, title, preview)
+ */
+export function applyEvent(v, name, data) {
+  v.lastSeq = data.seq;
+  v.gapAt = null;
+  const out = { snapshot: false, sessions: false };
+  switch (name) {
+    case "run.queued":
+      onQueued(v, data);
+      out.sessions = true;
+      break;
+    case "run.started":
+      out.snapshot = !onStarted(v, data);
+      out.sessions = true;
+      break;
+    case "message.delta":
+      if (typeof data.delta === "string" && data.delta) touch(openSegment(v, data.run_id)).content += data.delta;
+      break;
+    case "reasoning.delta": {
+      const text = typeof data.text === "string" ? data.text : typeof data.delta === "string" ? data.delta : "";
+      if (text) touch(openSegment(v, data.run_id)).reasoning += text;
+      break;
+    }
+    case "reasoning.available": {
+      // Hermes sends the whole reasoning at once; deltas, where present, already hold it.
+      const seg = openSegment(v, data.run_id);
+      if (typeof data.text === "string" && data.text && !seg.reasoning) touch(seg).reasoning = data.text;
+      break;
+    }
+    case "tool.started": {
+      const seg = touch(openSegment(v, data.run_id));
+      const tool = data.tool || data.name || "tool";
+      const callId = data.tool_call_id || null;
+      seg.status = "complete";
+      seg.tool_calls = [...(seg.tool_calls || []), { id: callId, type: "function", function: { name: tool, arguments: data.preview || "" } }];
+      v.messages.push(message({
+        role: "tool", status: "streaming", run_id: data.run_id, tool_name: tool,
+        tool_call_id: callId, preview: data.preview || "",
+      }));
+      break;
+    }
+    case "tool.completed": {
+      const tool = data.tool || data.name;
+      const open = v.messages.filter((m) => m.role === "tool" && m.run_id === data.run_id && m.status === "streaming");
+      const m = (data.tool_call_id && open.find((t) => t.tool_call_id === data.tool_call_id))
+        || open.find((t) => t.tool_name === tool) || null;
+      if (m) {
+        touch(m);
+        m.status = data.error ? "failed" : "complete";
+        if (typeof data.output === "string") m.content = data.output;
+        if (isCount(data.duration)) m.duration = data.duration;
+      }
+      break;
+    }
+    case "run.completed": {
+      out.snapshot = !ensureQuestion(v, data.run_id);
+      const answered = runMessages(v, data.run_id).some((m) => m.role === "assistant" && m.content);
+      const text = typeof data.parsed_content === "string" && data.parsed_content ? data.parsed_content
+        : typeof data.output === "string" ? data.output : "";
+      if (!answered && text) touch(openSegment(v, data.run_id)).content = text; // nothing streamed
+      finishRun(v, data.run_id, "complete", null);
+      out.sessions = true;
+      break;
+    }
+    case "run.failed": {
+      out.snapshot = !ensureQuestion(v, data.run_id);
+      const interrupted = data.code === "interrupted";
+      finishRun(v, data.run_id, interrupted ? "interrupted" : "failed",
+        typeof data.error === "string" && data.error ? data.error : "The run failed.");
+      out.sessions = true;
+      break;
+    }
+    case "run.cancelled":
+      out.snapshot = !ensureQuestion(v, data.run_id);
+      finishRun(v, data.run_id, "aborted", null);
+      v.aborting = false;
+      out.sessions = true;
+      break;
+    case "usage.updated": {
+      const usage = { ...(v.usage || {}) };
+      for (const k of ["inputTokens", "outputTokens", "contextTokens", "contextLimit"]) {
+        if (isCount(data[k])) usage[k] = data[k];
+      }
+      v.usage = usage;
+      break;
+    }
+    default:
+      applyStateEvent(v, name, data); // compression.*, abort.*; other names only advance seq
+  }
+  return out;
+}
+
+/** Events that describe the active run's state (also replayed inside `resumed.events`). */
+function applyStateEvent(v, name, data) {
+  switch (name) {
+    case "abort.started":
+      v.aborting = true;
+      break;
+    case "abort.completed":
+      v.aborting = false;
+      break;
+    case "compression.started": {
+      const parts = [];
+      if (isCount(data.message_count)) parts.push(`${data.message_count} messages`);
+      if (isCount(data.token_count)) parts.push(`${data.token_count} tokens`);
+      v.notice = { text: `Compressing the conversation history${parts.length ? ` (${parts.join(", ")})` : ""}…`, error: false, busy: true };
+      break;
+    }
+    case "compression.completed":
+      if (data.error || data.compressed === false) {
+        v.notice = { text: data.error ? `History compression failed: ${data.error}` : "History was not compressed.", error: Boolean(data.error) };
+      } else {
+        const parts = [];
+        if (isCount(data.totalMessages) && isCount(data.resultMessages)) parts.push(`${data.totalMessages} → ${data.resultMessages} messages`);
+        if (isCount(data.beforeTokens) && isCount(data.afterTokens)) parts.push(`${data.beforeTokens} → ${data.afterTokens} tokens`);
+        v.notice = { text: `History compressed${parts.length ? `: ${parts.join(", ")}` : ""}.`, error: false };
+      }
+      break;
+    default:
+  }
+}
+
+function onQueued(v, data) {
+  if (!Array.isArray(data.queue)) return; // a plain hermes-web-ui server: a length only
+  const listed = new Map(data.queue.map((q) => [q.queue_id, q]));
+  v.outgoing = v.outgoing.filter((o) => {
+    const q = listed.get(o.queue_id);
+    if (q) {
+      o.phase = "queued";
+      o.run_id = q.run_id || o.run_id;
+      o.emitted = true;
+      return true;
+    }
+    if (o.phase !== "queued") return true; // not acknowledged yet, or already starting
+    // Off the queue: between runs it was taken off to start next; during a run, cancelled.
+    if (v.working) return false;
+    o.phase = "starting";
+    return true;
+  });
+  v.queue = data.queue;
+}
+
+/** run.started: the question moves from the queue area into the transcript. */
+function onStarted(v, data) {
+  const runId = data.run_id;
+  v.working = true;
+  v.aborting = false;
+  v.runId = runId;
+  v.notice = null;
+  let item = null;
+  if (data.queue_id) item = v.outgoing.find((o) => o.queue_id === data.queue_id);
+  if (!item) item = v.outgoing.find((o) => o.run_id === runId);
+  if (!item && !data.queue_id) {
+    // A server that does not name the queue item: runs start in FIFO order.
+    item = v.outgoing.find((o) => o.phase === "starting") || v.outgoing.find((o) => o.phase === "queued");
+  }
+  if (item) removeOutgoing(v, item.queue_id);
+  // Another item shown as "starting" did not start: it was cancelled elsewhere.
+  v.outgoing = v.outgoing.filter((o) => o.phase !== "starting");
+  v.queue = v.queue.filter((q) => q.run_id !== runId && (!data.queue_id || q.queue_id !== data.queue_id));
+  let placed = hasUserMessage(v, runId);
+  if (!placed && item) {
+    pushUser(v, item.text, runId);
+    placed = true;
+  }
+  if (placed) openSegment(v, runId); // the server saved an empty answer with the run's start
+  return placed;
+}
+
+/** A run's question must be in the view before its end is shown; false if we cannot place it. */
+function ensureQuestion(v, runId) {
+  if (hasUserMessage(v, runId)) return true;
+  const item = v.outgoing.find((o) => o.run_id === runId);
+  if (!item) return runMessages(v, runId).length > 0;
+  removeOutgoing(v, item.queue_id); // it ended without starting (the upstream refused it)
+  pushUser(v, item.text, runId);
+  return true;
+}
+
+function finishRun(v, runId, status, error) {
+  if (!runMessages(v, runId).some((m) => m.role === "assistant")) openSegment(v, runId);
+  const msgs = runMessages(v, runId);
+  for (const m of msgs) {
+    if (m.status === "streaming") touch(m).status = status;
+  }
+  if (error) {
+    const assistants = msgs.filter((m) => m.role === "assistant");
+    touch(assistants[assistants.length - 1]).error = error;
+  }
+  if (!v.runId || v.runId === runId) {
+    v.working = false;
+    v.runId = null;
+    v.aborting = false; // the run is over, whatever stopped it ("stopping…" ends here)
+  }
+}
+
+/**
+ * The session's status as the sidebar shows it: for the open session the live view wins over
+ * the list (other views stop following their session once this tab leaves its room).
+ */
+export function liveStatus(session) {
+  const v = session.id === state.current ? state.views.get(session.id) : null;
+  if (!v || v.lastSeq === null) return session.status;
+  if (v.working) return "running";
+  return v.queue.length ? "queued" : "idle";
+}
+
+/** The small read-only picture exposed as window.chatrun.state (for tests and debugging). */
+export function debugState() {
+  const v = state.current ? state.views.get(state.current) : null;
+  return Object.freeze({
+    sessionId: state.current,
+    lastAppliedSeq: v ? v.lastSeq : null,
+    connection: state.connection,
+    isWorking: v ? v.working : false,
+    isAborting: v ? v.aborting : false,
+    queueLength: v ? queueItems(v).length : 0,
+    messageCount: v ? v.messages.length : 0,
+    user: state.user ? state.user.name : null,
+  });
+}
