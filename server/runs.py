@@ -89,6 +89,7 @@ class Outcome:
     finish_reason: str | None = None
     error: str | None = None
     code: str | None = None
+    stats: dict[str, Any] | None = None
 
 
 class RunManager:
@@ -512,6 +513,7 @@ class RunManager:
                         output=event.output,
                         usage=event.usage,
                         finish_reason=event.finish_reason or "stop",
+                        stats=event.stats,
                     )
                 elif isinstance(event, Cancelled):
                     active.stop_confirmed = active.aborting
@@ -603,6 +605,8 @@ class RunManager:
                 "queue_remaining": remaining,
                 "finish_reason": outcome.finish_reason,
             }
+            if outcome.stats:
+                data["stats"] = outcome.stats
             parsed = parsed_content(output or "")
             if parsed is not None:
                 data["parsed_content"] = parsed

@@ -6,16 +6,50 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """The one shared block of sampling settings; each adapter translates it to its wire names.
+
+    ``None`` means "not set here" (the next layer down decides: model profile, then upstream).
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    max_tokens: int | None = None
+
+    def over(self, base: Sampling) -> Sampling:
+        """These settings where set, ``base``'s elsewhere."""
+        mine = self.as_dict()
+        return Sampling(**{name: mine.get(name, getattr(base, name)) for name in SAMPLING_FIELDS})
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The settings that are set."""
+        return {n: v for n in SAMPLING_FIELDS if (v := getattr(self, n)) is not None}
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
-    """One upstream profile: where runs of connections using this profile go."""
+    """One upstream profile: where runs of connections using this profile go.
+
+    ``overrides`` are per-profile model-profile overrides (``stop``, ``system_role``,
+    ``family`` …) that win over what the model family implies.
+    """
 
     name: str
     kind: str
     url: str
     api_key: str = field(default="", repr=False)
     model: str = ""
+    context_length: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    draft_model: str = ""
 
     @property
     def masked_key(self) -> str:
@@ -33,6 +67,10 @@ class UpstreamRequest:
     history: list[tuple[str, str]]  # (role, content) user/assistant turns, oldest first
     instructions: str | None
     model: str | None
+    # Background from earlier turns (a compression summary, preamble included). OpenAI-style
+    # adapters send it as a system message right after the instructions (folded into the first
+    # user message when the model has no system role).
+    context_summary: str | None = None
 
 
 # -- run events ------------------------------------------------------------------------------
@@ -79,6 +117,8 @@ class Completed:
     usage: dict[str, int] | None = None
     finish_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Prediction statistics (tokens/s, time to first token, stop reason …): ``run.completed.stats``
+    stats: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,4 +159,13 @@ class Upstream(Protocol):
 
     async def health(self) -> str:
         """``ready`` or ``unreachable`` (one quick request)."""
+        ...
+
+    async def context_length(self) -> int | None:
+        """The context window the upstream reports for the configured model (cached), or None
+        when it reports none. The config's ``context_length`` override is applied by callers."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the adapter holds (SDK clients, websockets); idempotent."""
         ...

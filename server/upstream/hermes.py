@@ -203,6 +203,12 @@ class HermesUpstream:
             return "unreachable"
         return "ready" if response.status_code == 200 else "unreachable"
 
+    async def context_length(self) -> int | None:
+        return None  # the runs API manages the agent's context itself
+
+    async def aclose(self) -> None:
+        return None  # the shared HTTP client is closed by the app
+
 
 class HermesRun:
     def __init__(self, upstream: HermesUpstream, run_id: str) -> None:
