@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -164,6 +164,12 @@ class Upstream(Protocol):
     async def context_length(self) -> int | None:
         """The context window the upstream reports for the configured model (cached), or None
         when it reports none. The config's ``context_length`` override is applied by callers."""
+        ...
+
+    async def ensure_model(self, on_progress: Callable[[float], None] | None = None) -> str:
+        """Make sure the configured model is available (found on the server, or loaded: LM
+        Studio loads it, reporting progress 0..1); returns the model id runs will use. Raises
+        ``UpstreamError`` (``upstream_not_found`` when the server has no such model)."""
         ...
 
     async def aclose(self) -> None:

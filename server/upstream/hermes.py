@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeGuard
 
 import aiohttp
@@ -202,6 +202,16 @@ class HermesUpstream:
         except httpx.HTTPError:
             return "unreachable"
         return "ready" if response.status_code == 200 else "unreachable"
+
+    async def ensure_model(self, on_progress: Callable[[float], None] | None = None) -> str:
+        # The agent picks its own model; being reachable is all that can be checked.
+        if await self.health() != "ready":
+            raise UpstreamError(
+                f"Cannot reach the upstream at {self._base}. Check that it is running and that "
+                "the upstream URL is right.",
+                UpstreamCode.UNAVAILABLE,
+            )
+        return self.config.model
 
     async def context_length(self) -> int | None:
         return None  # the runs API manages the agent's context itself
