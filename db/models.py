@@ -107,3 +107,30 @@ class MessageChunk(Base):
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     field: Mapped[str] = mapped_column(String(16))  # "content" | "reasoning"
     text: Mapped[str] = mapped_column(Text)
+
+
+class UpstreamConfigRow(Base):
+    """An upstream configuration (a profile) a connection selects with ``query.profile``.
+
+    ``api_key`` is write-only through the API: it is never returned, logged or put in an error.
+    ``sampling`` and ``overrides`` are JSON objects; ``last_check`` is the JSON result of the
+    latest prepare-and-smoke check.
+    """
+
+    __tablename__ = "upstream_configs"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(2048))
+    api_key: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str] = mapped_column(String(200), default="")
+    context_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sampling: Mapped[str] = mapped_column(Text, default="{}")
+    overrides: Mapped[str] = mapped_column(Text, default="{}")
+    draft_model: Mapped[str] = mapped_column(String(200), default="")
+    active: Mapped[int] = mapped_column(Integer, default=0)
+    last_check: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # digest of the CHATRUN_UPSTREAM_* settings it was last taken from (the default config)
+    env_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -142,3 +142,23 @@ def dump_json(value: Any) -> str | None:
 
 def load_json(value: str | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+@dataclass(slots=True)
+class UpstreamConfigRecord:
+    """A stored upstream configuration (``api_key`` never leaves the server)."""
+
+    name: str
+    kind: str
+    url: str
+    api_key: str = field(repr=False)
+    model: str
+    context_length: int | None
+    sampling: dict[str, Any]
+    overrides: dict[str, Any]
+    draft_model: str
+    active: bool
+    last_check: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+    env_digest: str | None = None

@@ -20,13 +20,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.engine import create_engine, migrate
-from db.models import Message, MessageChunk, Run, Session, User
+from db.models import Message, MessageChunk, Run, Session, UpstreamConfigRow, User
 from db.records import (
     Enqueued,
     FlushBatch,
     MessageRecord,
     RunRecord,
     SessionRecord,
+    UpstreamConfigRecord,
     UserRecord,
     dump_json,
     load_json,
@@ -652,6 +653,62 @@ class Store:
             )
             return [(r.role, r.content) for r in rows]
 
+    # -- upstream configs ---------------------------------------------------------------------
+
+    async def upstream_configs(self) -> list[UpstreamConfigRecord]:
+        async with self._read() as conn:
+            rows = await conn.execute(select(UpstreamConfigRow).order_by(UpstreamConfigRow.name))
+            return [_upstream_config(r._mapping) for r in rows]
+
+    async def create_upstream_config(self, record: UpstreamConfigRecord) -> bool:
+        """Insert a profile; False when the name is taken. An active one deactivates the rest."""
+
+        async def tx(conn: AsyncConnection) -> bool:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(insert(UpstreamConfigRow).values(**_config_row(record)))
+            except IntegrityError:
+                return False
+            if record.active:
+                await _only_active(conn, record.name)
+            return True
+
+        return await self._transact(tx)
+
+    async def update_upstream_config(self, record: UpstreamConfigRecord) -> bool:
+        """Replace a config; False when it does not exist."""
+
+        async def tx(conn: AsyncConnection) -> bool:
+            row = _config_row(record)
+            del row["created_at"]
+            result = await conn.execute(
+                update(UpstreamConfigRow).where(UpstreamConfigRow.name == record.name).values(**row)
+            )
+            if result.rowcount and record.active:
+                await _only_active(conn, record.name)
+            return bool(result.rowcount)
+
+        return await self._transact(tx)
+
+    async def delete_upstream_config(self, name: str) -> bool:
+        async def tx(conn: AsyncConnection) -> bool:
+            result = await conn.execute(
+                delete(UpstreamConfigRow).where(UpstreamConfigRow.name == name)
+            )
+            return bool(result.rowcount)
+
+        return await self._transact(tx)
+
+    async def save_upstream_check(self, name: str, check: dict[str, Any]) -> None:
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(UpstreamConfigRow)
+                .where(UpstreamConfigRow.name == name)
+                .values(last_check=dump_json(check))
+            )
+
+        await self._transact(tx)
+
     # -- batched writes -----------------------------------------------------------------------
 
     async def write(self, batch: FlushBatch) -> None:
@@ -823,3 +880,47 @@ def _message(m: Any) -> MessageRecord:
 
 
 __all__: Sequence[str] = ["Store", "hash_token"]
+
+
+def _config_row(record: UpstreamConfigRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "kind": record.kind,
+        "url": record.url,
+        "api_key": record.api_key,
+        "model": record.model,
+        "context_length": record.context_length,
+        "sampling": dump_json(record.sampling),
+        "overrides": dump_json(record.overrides),
+        "draft_model": record.draft_model,
+        "active": int(record.active),
+        "last_check": dump_json(record.last_check) if record.last_check is not None else None,
+        "env_digest": record.env_digest,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+def _upstream_config(row: Any) -> UpstreamConfigRecord:
+    return UpstreamConfigRecord(
+        name=row["name"],
+        kind=row["kind"],
+        url=row["url"],
+        api_key=row["api_key"],
+        model=row["model"],
+        context_length=row["context_length"],
+        sampling=load_json(row["sampling"]) or {},
+        overrides=load_json(row["overrides"]) or {},
+        draft_model=row["draft_model"],
+        active=bool(row["active"]),
+        last_check=load_json(row["last_check"]) if row["last_check"] else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        env_digest=row["env_digest"],
+    )
+
+
+async def _only_active(conn: AsyncConnection, name: str) -> None:
+    await conn.execute(
+        update(UpstreamConfigRow).where(UpstreamConfigRow.name != name).values(active=0)
+    )

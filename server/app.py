@@ -23,8 +23,8 @@ from server.auth import Authenticator, bearer_token
 from server.eventlog import EventLog, MemoryEventLog
 from server.events import Limits
 from server.flusher import Flusher
+from server.http.admin import AdminApi
 from server.http.api import SessionApi, api_errors
-from server.http.health import UpstreamProbe
 from server.http.static import add_static_routes, security_headers
 from server.metrics import Metrics
 from server.namespace import ChatRunNamespace
@@ -32,6 +32,8 @@ from server.runs import RunManager
 from server.sessions import Emitter, SessionHub
 from server.settings import Settings
 from server.tasks import TaskSet
+from server.upstream.admin import UpstreamAdmin
+from server.upstream.health import UpstreamHealth
 from server.upstream.registry import Upstreams
 
 log = logging.getLogger("chatrun")
@@ -59,7 +61,9 @@ class Chatrun:
         # set when the app starts (they need the running loop / an open HTTP session)
         self._upstreams: Upstreams | None = None
         self._runs: RunManager | None = None
-        self.probe: UpstreamProbe | None = None
+        self._health: UpstreamHealth | None = None
+        self._upstream_admin: UpstreamAdmin | None = None
+        self.admin_api = AdminApi(self)
         self.started_at = time.time()
 
     @property
@@ -72,12 +76,30 @@ class Chatrun:
         assert self._runs is not None, "app not started"
         return self._runs
 
+    @property
+    def upstream_health(self) -> UpstreamHealth:
+        assert self._health is not None, "app not started"
+        return self._health
+
+    @property
+    def upstream_admin(self) -> UpstreamAdmin:
+        assert self._upstream_admin is not None, "app not started"
+        return self._upstream_admin
+
     def start_components(self, upstreams: Upstreams) -> None:
         self._upstreams = upstreams
+        self._health = UpstreamHealth(self.settings, upstreams, self.metrics)
+        self._upstream_admin = UpstreamAdmin(self.settings, self.store, upstreams, self._health)
         self._runs = RunManager(
-            self.settings, self.store, self.hub, self.flusher, upstreams, self.tasks, self.metrics
+            self.settings,
+            self.store,
+            self.hub,
+            self.flusher,
+            upstreams,
+            self._health,
+            self.tasks,
+            self.metrics,
         )
-        self.probe = UpstreamProbe(upstreams, self.metrics)
         self.namespace = ChatRunNamespace(self.auth, self.runs, self.hub, self.limits)
         self.metrics.bind(
             sockets=lambda: len(self.namespace.connections) if self.namespace else 0,
@@ -94,7 +116,6 @@ def create_app(
     settings: Settings,
     *,
     store: Store | None = None,
-    upstreams: Upstreams | None = None,
     client_manager: Any = None,
     eventlog: EventLog | None = None,
 ) -> web.Application:
@@ -118,13 +139,14 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     SessionApi(chatrun).register(app)
-    app.cleanup_ctx.append(_lifecycle(chatrun, upstreams))
+    chatrun.admin_api.register(app)
+    app.cleanup_ctx.append(_lifecycle(chatrun))
     app.on_shutdown.append(_shutdown)
     add_static_routes(app, STATIC_DIR)
     return app
 
 
-def _lifecycle(chatrun: Chatrun, injected: Upstreams | None) -> Any:
+def _lifecycle(chatrun: Chatrun) -> Any:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings = chatrun.settings
         if settings.resolved_database_url.startswith("sqlite") and not settings.database_url:
@@ -137,20 +159,24 @@ def _lifecycle(chatrun: Chatrun, injected: Upstreams | None) -> Any:
         client = httpx.AsyncClient(transport=AiohttpTransport(client=session))
         try:
             await chatrun.auth.prepare()
-            chatrun.start_components(injected or Upstreams(settings, client))
+            chatrun.admin_api.prepare()
+            upstreams = Upstreams(settings, client, chatrun.store)
+            await upstreams.load()
+            chatrun.start_components(upstreams)
             assert chatrun.namespace is not None
             chatrun.sio.register_namespace(chatrun.namespace)
             await chatrun.runs.recover()
             chatrun.tasks.spawn(chatrun.flusher.run(), name="flusher")
             chatrun.tasks.spawn(_evict_loop(chatrun), name="evict")
             chatrun.tasks.spawn(chatrun.metrics.watch_loop_lag(), name="loop-lag")
-            assert chatrun.probe is not None
-            chatrun.tasks.spawn(chatrun.probe.watch(), name="upstream-probe")
+            chatrun.tasks.spawn(chatrun.upstream_health.watch(), name="upstream-probe")
             gc.freeze()  # start-up objects live forever: keep them out of collections
             yield
         finally:
             await _stop_runs(chatrun)  # no-op when on_shutdown already did it
             await chatrun.tasks.cancel_all()
+            if chatrun._upstreams is not None:
+                await chatrun.upstreams.aclose()
             await client.aclose()
             await session.close()
             await chatrun.store.close()
@@ -208,8 +234,9 @@ async def healthz(request: web.Request) -> web.Response:
         body["database"] = f"error: {type(exc).__name__}"
         body["status"] = "degraded"
         status = 503
-    if chatrun.probe is not None:
-        body["upstreams"] = await chatrun.probe.states()
+    if chatrun._health is not None:
+        body["upstreams"] = chatrun.upstream_health.states()
+        body["active_upstream"] = chatrun.upstreams.active_name
         body["active_runs"] = chatrun.runs.active_runs()
     body["sessions_in_memory"] = len(chatrun.hub.sessions)
     return web.json_response(body, status=status)

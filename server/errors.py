@@ -57,6 +57,11 @@ class NotFound(ChatrunError):
     http_status = 404
 
 
+class Conflict(ChatrunError):
+    code = "conflict"
+    http_status = 409
+
+
 class QueueFull(ChatrunError):
     code = "queue_full"
     http_status = 429

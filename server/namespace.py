@@ -22,7 +22,6 @@ from server.events import (
 )
 from server.runs import RunManager
 from server.sessions import NAMESPACE, SessionHub
-from server.upstream.registry import DEFAULT_PROFILE
 
 log = logging.getLogger("chatrun.socket")
 
@@ -32,7 +31,7 @@ MAX_PROFILE_CHARS = 128
 @dataclass(frozen=True, slots=True)
 class Connection:
     user: UserRecord
-    profile: str
+    profile: str | None  # None: the active upstream config
 
 
 Handler = Callable[[str, Connection, Any], Awaitable[dict[str, Any]]]
@@ -82,8 +81,8 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if user is None:
             raise socketio.exceptions.ConnectionRefusedError("Authentication failed")
         query = parse_qs(environ.get("QUERY_STRING", ""))
-        profile = (query.get("profile") or [DEFAULT_PROFILE])[0][:MAX_PROFILE_CHARS]
-        self.connections[sid] = Connection(user, profile or DEFAULT_PROFILE)
+        profile = (query.get("profile") or [""])[0][:MAX_PROFILE_CHARS]
+        self.connections[sid] = Connection(user, profile or None)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.connections.pop(sid, None)

@@ -39,10 +39,12 @@ from server.upstream.base import (
     TextDelta,
     ToolCompleted,
     ToolStarted,
+    Upstream,
     UpstreamEvent,
     UpstreamRequest,
     UpstreamRun,
 )
+from server.upstream.health import UpstreamHealth
 from server.upstream.registry import Upstreams
 
 log = logging.getLogger("chatrun.runs")
@@ -100,6 +102,7 @@ class RunManager:
         hub: SessionHub,
         flusher: Flusher,
         upstreams: Upstreams,
+        health: UpstreamHealth,
         tasks: TaskSet,
         metrics: Metrics,
     ) -> None:
@@ -109,6 +112,7 @@ class RunManager:
         self.hub = hub
         self.flusher = flusher
         self.upstreams = upstreams
+        self.health = health
         self.tasks = tasks
         self.accepting = True
         self._shutting_down = False
@@ -122,13 +126,13 @@ class RunManager:
         return state
 
     async def submit(
-        self, user: UserRecord, profile: str, req: RunPayload, sid: str
+        self, user: UserRecord, profile: str | None, req: RunPayload, sid: str
     ) -> dict[str, Any]:
-        """Start or queue a run; idempotent on ``queue_id``."""
+        """Start or queue a run (on the named upstream config, or the active one); idempotent
+        on ``queue_id``."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; try again shortly")
-        if profile not in self.upstreams:
-            self.upstreams.get(profile)  # raises NotFound with the known profiles
+        profile = self.upstreams.resolve(profile)  # NotFound names the known profiles
         async with self.hub.lock(req.session_id):
             # Only sessions held in memory are looked at here; for any other, the enqueue below
             # creates the session, and falls back to checking the stored one if it exists.
@@ -361,36 +365,43 @@ class RunManager:
         record = active.record
         outcome: Outcome
         try:
-            outcome = await self._execute(state, active)
+            async with self.upstreams.lease(record.profile) as upstream:
+                outcome = await self._run_on(state, active, upstream)
+        except ChatrunError as exc:  # the run's upstream config is gone or unusable
+            outcome = Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
+        await self._finish(state, active, outcome)
+
+    async def _run_on(self, state: SessionState, active: ActiveRun, upstream: Upstream) -> Outcome:
+        record = active.record
+        try:
+            return await self._execute(state, active, upstream)
         except UpstreamError as exc:
-            outcome = Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
+            self.health.failed(record.profile, exc)
+            return Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
         except ChatrunError as exc:
-            outcome = Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
+            return Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
             if active.aborting:
-                outcome = Outcome(RunStatus.CANCELLED)
-            else:
-                outcome = Outcome(
-                    RunStatus.INTERRUPTED, error=INTERRUPTED_ERROR, code=UpstreamCode.INTERRUPTED
-                )
-                if active.handle is not None:
-                    await self._request_stop(active.handle, STOP_ON_SHUTDOWN_TIMEOUT)
+                return Outcome(RunStatus.CANCELLED)
+            if active.handle is not None:
+                await self._request_stop(active.handle, STOP_ON_SHUTDOWN_TIMEOUT)
+            return Outcome(
+                RunStatus.INTERRUPTED, error=INTERRUPTED_ERROR, code=UpstreamCode.INTERRUPTED
+            )
         except Exception as exc:
             log.exception("run %s session %s crashed", record.id, state.id)
-            outcome = Outcome(
+            return Outcome(
                 RunStatus.FAILED, error=f"internal error ({type(exc).__name__})", code="internal"
             )
         finally:
             if active.handle is not None:
                 await active.handle.aclose()
-        await self._finish(state, active, outcome)
 
-    async def _execute(self, state: SessionState, active: ActiveRun) -> Outcome:
+    async def _execute(self, state: SessionState, active: ActiveRun, upstream: Upstream) -> Outcome:
         record = active.record
-        upstream = self.upstreams.get(record.profile)
         if active.message_ids is None:
             active.message_ids = await self.store.start_run(
                 record.id, *self._start_messages(record)
@@ -403,6 +414,7 @@ class RunManager:
         instructions = (
             "\n\n".join(p for p in (self.settings.system_prompt, record.instructions) if p) or None
         )
+        await self.health.ensure_reachable(record.profile)
         active.requested = time.perf_counter()
         handle = await upstream.start(
             UpstreamRequest(
@@ -414,6 +426,7 @@ class RunManager:
             )
         )
         active.handle = handle
+        self.health.succeeded(record.profile)
         if active.aborting:  # abort arrived while the upstream was accepting the run
             await self._request_stop(handle, self.settings.abort_grace)
         self.hub.publish(

@@ -86,6 +86,18 @@ class Settings:
     metrics_token: str = _setting(
         "", "When set, `GET /metrics` needs `Authorization: Bearer <this token>`."
     )
+    admin_token: str = _setting(
+        "", "Token of the admin API (`/api/admin`); generated into the data dir if unset."
+    )
+    upstream_probe_interval_s: float = _setting(
+        30.0, "How often a healthy upstream is probed (`/healthz`, `chatrun_upstream_up`)."
+    )
+    upstream_probe_max_backoff_s: float = _setting(
+        60.0, "Longest pause between probes of an unreachable upstream (backoff from 1 s)."
+    )
+    smoke_timeout_s: float = _setting(
+        60.0, "How long the smoke test of an upstream check may take (model load excluded)."
+    )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
 
     @classmethod
@@ -125,7 +137,13 @@ class Settings:
                 raise ConfigError(f"{env_name(name)} must not be negative")
         if self.shutdown_grace_s < 0:
             raise ConfigError("CHATRUN_SHUTDOWN_GRACE_S must not be negative")
-        for name in ("upstream_idle_timeout_s", "upstream_connect_timeout_s"):
+        for name in (
+            "upstream_idle_timeout_s",
+            "upstream_connect_timeout_s",
+            "upstream_probe_interval_s",
+            "upstream_probe_max_backoff_s",
+            "smoke_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive")
         if not 0 <= self.port <= 65535:

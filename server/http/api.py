@@ -80,7 +80,7 @@ def _cursor(raw: str | None) -> tuple[float, str] | None:
     return updated, session_id
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise BadRequest("request body too large")
     raw = await request.content.read(MAX_BODY + 1)
@@ -172,7 +172,7 @@ class SessionApi:
     async def rename(self, request: web.Request) -> web.Response:
         user = await self.user(request)
         session_id = _session_id(request)
-        body = await _json_body(request)
+        body = await json_body(request)
         title = text(body.get("title"), "title", max_chars=MAX_TITLE, allow_empty=False).strip()
         state = await self.chatrun.runs.owned(user, session_id)
         if state is None:
