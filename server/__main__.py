@@ -71,6 +71,8 @@ def main() -> int:
     )
     # one line per upstream HTTP request is noise next to Chatrun's one line per run transition
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
+    # the database driver logs every statement with its parameters (tokens, API keys) at DEBUG
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
     try:
         run_loop(serve(settings), settings.uvloop)
     except ConfigError as exc:

@@ -95,8 +95,8 @@ class UpstreamAdmin:
                 await self.store.save_upstream_check(name, check)
         if check["status"] == "failed":
             log.warning("upstream config %r failed its check: %s", name, check["reason"])
-        else:
-            self.health.reset(name)
+        if name in self.upstreams.records:
+            self.health.checked(name, check)
         return check
 
     async def activate(self, name: str, payload: object) -> dict[str, Any]:

@@ -65,6 +65,15 @@ class UpstreamHealth:
         self._health[name] = Health(next_probe=0.0)
         self._wake.set()
 
+    def checked(self, name: str, check: dict[str, Any]) -> None:
+        """A prepare-and-smoke check ended: its result is the state until the next probe."""
+        health = self.get(name)
+        stage = next((s for s in check["stages"] if s["status"] == "failed"), None)
+        if stage is not None and stage["stage"] in ("resolve", "reach"):
+            self._mark_unreachable(name, health, stage["detail"])
+        else:
+            self.succeeded(name)  # ready, or degraded per the stored check
+
     # -- what runs report ---------------------------------------------------------------------
 
     def succeeded(self, name: str) -> None:
