@@ -87,7 +87,7 @@ class Store:
         Writes are group-committed: one writer task runs every write queued while the previous
         commit was in progress inside a single transaction (in order), so a burst of runs costs
         a few commits instead of one each. If any of them fails, the batch is rolled back and
-        each write is retried alone, so only the failing one fails. The write finishes even when
+        retried in halves, so only the failing one fails. The write finishes even when
         its caller is cancelled (a transaction cut off by cancellation would leave SQLite's
         write lock behind a half-closed connection).
         """
@@ -100,26 +100,27 @@ class Store:
     async def _write_batches(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            try:
-                async with self.engine.begin() as conn:
-                    results = [await fn(conn) for fn, _ in batch]
-            except Exception:
-                if len(batch) == 1:
-                    _settle(batch[0][1], exc=sys.exc_info()[1])
-                    continue
-                for fn, future in batch:
-                    try:
-                        async with self.engine.begin() as conn:
-                            result = await fn(conn)
-                    except Exception as exc:
-                        _settle(future, exc=exc)
-                    else:
-                        self.transactions += 1
-                        _settle(future, result=result)
-                continue
-            self.transactions += 1
-            for (_, future), result in zip(batch, results, strict=True):
-                _settle(future, result=result)
+            await self._commit(batch)
+
+    async def _commit(
+        self, batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
+    ) -> None:
+        """Commit a batch; when it fails, its halves are committed apart (in order), down to
+        the single write that fails, so one clash costs a few extra commits, not one each."""
+        try:
+            async with self.engine.begin() as conn:
+                results = await _run_batch(conn, [fn for fn, _ in batch])
+        except Exception:
+            if len(batch) == 1:
+                _settle(batch[0][1], exc=sys.exc_info()[1])
+                return
+            middle = len(batch) // 2
+            await self._commit(batch[:middle])
+            await self._commit(batch[middle:])
+            return
+        self.transactions += 1
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result=result)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -359,9 +360,15 @@ class Store:
                 )
             return await insert_run(conn, create_session=owner is None)
 
-        async def fast(conn: AsyncConnection) -> Enqueued:
-            run.position = position or 1
-            return await insert_run(conn, create_session=position is None)
+        run.position = position or 1
+        fast = _RunInsert.build(
+            run,
+            owner_id=owner_id,
+            title=title,
+            seq_reserve=seq_reserve,
+            start=start,
+            create_session=position is None,
+        )
 
         async def insert_run(conn: AsyncConnection, *, create_session: bool) -> Enqueued:
             return await self._insert_run(
@@ -390,65 +397,15 @@ class Store:
         start: tuple[dict[str, Any], dict[str, Any]] | None,
         create_session: bool,
     ) -> Enqueued:
-        created = None
-        if create_session:
-            created = SessionRecord(
-                id=run.session_id,
-                owner_id=owner_id,
-                title=title,
-                profile=run.profile,
-                model=run.model,
-                created_at=run.created_at,
-                updated_at=run.created_at,
-                last_seq=0,
-                input_tokens=0,
-                output_tokens=0,
-            )
-            await conn.execute(
-                INSERT_SESSION,
-                {
-                    "id": run.session_id,
-                    "owner_id": owner_id,
-                    "title": title,
-                    "profile": run.profile,
-                    "model": run.model,
-                    "created_at": run.created_at,
-                    "updated_at": run.created_at,
-                    "last_seq": seq_reserve,
-                    "input_tokens": 0,
-                    "output_tokens": 0,
-                },
-            )
-        now = time.time()
-        await conn.execute(
-            INSERT_RUN,
-            {
-                "id": run.id,
-                "session_id": run.session_id,
-                "queue_id": run.queue_id,
-                "input": json.dumps(run.input, ensure_ascii=False),
-                "model": run.model,
-                "instructions": run.instructions,
-                "profile": run.profile,
-                "status": "running" if start else "queued",
-                "position": run.position,
-                "created_at": run.created_at,
-                "started_at": now if start else None,
-                "upstream_run_id": None,
-                "usage": None,
-                "error": None,
-                "error_code": None,
-                "finish_reason": None,
-                "finished_at": None,
-            },
+        insert_ = _RunInsert.build(
+            run,
+            owner_id=owner_id,
+            title=title,
+            seq_reserve=seq_reserve,
+            start=start,
+            create_session=create_session,
         )
-        started = None
-        if start is not None:
-            started = (
-                await self._insert_message(conn, start[0], now),
-                await self._insert_message(conn, start[1], now),
-            )
-        return Enqueued(run, session=created, started=started)
+        return await insert_(conn)
 
     async def run_by_queue_id(self, session_id: str, queue_id: str) -> RunRecord | None:
         async with self._read() as conn:
@@ -554,21 +511,7 @@ class Store:
     async def _insert_message(
         self, conn: AsyncConnection, message: dict[str, Any], now: float
     ) -> int:
-        values = {
-            "content": "",
-            "reasoning": "",
-            "tool_calls": None,
-            "tool_call_id": None,
-            "tool_name": None,
-            "token_count": None,
-            "finish_reason": None,
-            "run_id": None,
-            "created_at": now,
-            **message,
-            "updated_at": now,
-        }
-        values["tool_calls"] = dump_json(values["tool_calls"])
-        result = await conn.execute(INSERT_MESSAGE, values)
+        result = await conn.execute(INSERT_MESSAGE, message_row(message, now))
         return int(result.scalar_one())
 
     async def recent_messages(
@@ -924,3 +867,157 @@ async def _only_active(conn: AsyncConnection, name: str) -> None:
     await conn.execute(
         update(UpstreamConfigRow).where(UpstreamConfigRow.name != name).values(active=0)
     )
+
+
+INSERT_MESSAGES = insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True)
+MAX_MESSAGE_ID = select(func.coalesce(func.max(MESSAGES.c.id), 0))
+
+
+class _RunInsert:
+    """The rows of one new run (its session when new, its start messages when it starts now).
+
+    Consecutive run inserts of one group commit share three ``executemany`` statements instead
+    of costing four statements each, so a burst of new runs is written in one short transaction.
+    """
+
+    __slots__ = ("enqueued", "messages", "run_row", "session_row")
+
+    def __init__(
+        self,
+        enqueued: Enqueued,
+        session_row: dict[str, Any] | None,
+        run_row: dict[str, Any],
+        messages: list[dict[str, Any]],
+    ) -> None:
+        self.enqueued = enqueued
+        self.session_row = session_row
+        self.run_row = run_row
+        self.messages = messages
+
+    @classmethod
+    def build(
+        cls,
+        run: RunRecord,
+        *,
+        owner_id: int,
+        title: str,
+        seq_reserve: int,
+        start: tuple[dict[str, Any], dict[str, Any]] | None,
+        create_session: bool,
+    ) -> _RunInsert:
+        now = time.time()
+        created = session_row = None
+        if create_session:
+            created = SessionRecord(
+                id=run.session_id,
+                owner_id=owner_id,
+                title=title,
+                profile=run.profile,
+                model=run.model,
+                created_at=run.created_at,
+                updated_at=run.created_at,
+                last_seq=0,
+                input_tokens=0,
+                output_tokens=0,
+            )
+            session_row = {
+                "id": run.session_id,
+                "owner_id": owner_id,
+                "title": title,
+                "profile": run.profile,
+                "model": run.model,
+                "created_at": run.created_at,
+                "updated_at": run.created_at,
+                "last_seq": seq_reserve,
+                "input_tokens": 0,
+                "output_tokens": 0,
+            }
+        run_row = {
+            "id": run.id,
+            "session_id": run.session_id,
+            "queue_id": run.queue_id,
+            "input": json.dumps(run.input, ensure_ascii=False),
+            "model": run.model,
+            "instructions": run.instructions,
+            "profile": run.profile,
+            "status": "running" if start else "queued",
+            "position": run.position,
+            "created_at": run.created_at,
+            "started_at": now if start else None,
+            "upstream_run_id": None,
+            "usage": None,
+            "error": None,
+            "error_code": None,
+            "finish_reason": None,
+            "finished_at": None,
+        }
+        messages = [message_row(m, now) for m in start] if start is not None else []
+        return cls(Enqueued(run, session=created), session_row, run_row, messages)
+
+    async def __call__(self, conn: AsyncConnection) -> Enqueued:
+        return (await _RunInsert.run_many(conn, [self]))[0]
+
+    @staticmethod
+    async def run_many(conn: AsyncConnection, inserts: list[_RunInsert]) -> list[Enqueued]:
+        sessions = [i.session_row for i in inserts if i.session_row is not None]
+        if sessions:
+            await conn.execute(INSERT_SESSION, sessions)
+        await conn.execute(INSERT_RUN, [i.run_row for i in inserts])
+        rows = [m for i in inserts for m in i.messages]
+        ids: list[int] = []
+        if rows and conn.dialect.name == "sqlite":
+            # SQLite cannot order RETURNING rows (SQLAlchemy would insert row by row): the
+            # transaction holds the write lock now, so the next ids are ours to assign.
+            first = (await conn.execute(MAX_MESSAGE_ID)).scalar_one() + 1
+            ids = list(range(first, first + len(rows)))
+            await conn.execute(
+                insert(MESSAGES), [{**m, "id": n} for m, n in zip(rows, ids, strict=True)]
+            )
+        elif rows:
+            ids = [row[0] for row in await conn.execute(INSERT_MESSAGES, rows)]
+        out = []
+        for i in inserts:
+            if i.messages:
+                user_id, assistant_id = ids[0], ids[1]
+                del ids[:2]
+                i.enqueued.started = (int(user_id), int(assistant_id))
+            out.append(i.enqueued)
+        return out
+
+
+async def _run_batch(
+    conn: AsyncConnection, fns: list[Callable[[AsyncConnection], Awaitable[Any]]]
+) -> list[Any]:
+    """Run a group commit's writes in order; consecutive run inserts go in bulk."""
+    results: list[Any] = []
+    i = 0
+    while i < len(fns):
+        j = i
+        while j < len(fns) and isinstance(fns[j], _RunInsert):
+            j += 1
+        if j - i > 1:
+            results.extend(await _RunInsert.run_many(conn, cast(list[_RunInsert], fns[i:j])))
+            i = j
+        else:
+            results.append(await fns[i](conn))
+            i += 1
+    return results
+
+
+def message_row(message: dict[str, Any], now: float) -> dict[str, Any]:
+    """A full ``messages`` row: the given fields over the defaults."""
+    values = {
+        "content": "",
+        "reasoning": "",
+        "tool_calls": None,
+        "tool_call_id": None,
+        "tool_name": None,
+        "token_count": None,
+        "finish_reason": None,
+        "run_id": None,
+        "created_at": now,
+        **message,
+        "updated_at": now,
+    }
+    values["tool_calls"] = dump_json(values["tool_calls"])
+    return values

@@ -1,0 +1,85 @@
+"""A burst of new runs is written in bulk, and a clash in the burst costs only its own run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from db.records import RunRecord
+from db.store import Store
+
+
+def new_run(session_id: str, queue_id: str = "q") -> RunRecord:
+    return RunRecord(
+        id=f"run_{uuid.uuid4().hex}",
+        session_id=session_id,
+        queue_id=queue_id,
+        input=f"question for {session_id}",
+        model=None,
+        instructions=None,
+        profile="default",
+        status="queued",
+        position=0,
+        created_at=time.time(),
+    )
+
+
+def start_rows(run: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    common = {"session_id": run.session_id, "run_id": run.id}
+    return (
+        {**common, "role": "user", "content": run.input, "status": "complete"},
+        {**common, "role": "assistant", "content": "", "status": "streaming"},
+    )
+
+
+async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
+    tmp_path: Path,
+) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await store.open()
+    try:
+        user = await store.ensure_user("alice")
+        other = await store.ensure_user("bob")
+        existing = new_run("old")
+        await store.enqueue_run(
+            existing, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(existing)
+        )
+        foreign = new_run("bobs")
+        await store.enqueue_run(foreign, owner_id=other.id, title="t", seq_reserve=10)
+        before = store.transactions
+
+        runs = [new_run(f"s{i}") for i in range(300)]
+        again = new_run("old", queue_id="q2")  # a stored session this call thinks is new
+        dup = new_run("old")  # same queue_id as the stored run
+        results = await asyncio.gather(
+            *(
+                store.enqueue_run(
+                    r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r)
+                )
+                for r in [*runs[:150], again, dup, *runs[150:]]
+            ),
+            store.enqueue_run(new_run("bobs", "q9"), owner_id=user.id, title="t", seq_reserve=10),
+            return_exceptions=True,
+        )
+        *enqueued, refused = results
+        assert isinstance(refused, Exception) and "another user" in str(refused)
+        # bulk, not one commit per run: the three clashes cost a few halvings each
+        assert store.transactions - before < 40
+        by_session = {e.run.session_id + e.run.queue_id: e for e in enqueued}  # type: ignore[union-attr]
+        assert by_session["oldq"].duplicate and by_session["oldq"].run.id == existing.id
+        assert by_session["oldq2"].run.position == 2 and not by_session["oldq2"].duplicate
+        ids = [i for e in enqueued for i in (e.started or ())]  # type: ignore[union-attr]
+        assert len(ids) == len(set(ids)) == 2 * 301
+        for run in [*runs, again]:
+            e = by_session[run.session_id + run.queue_id]
+            assert e.started is not None
+            stored = {m.id: m for m in await store.recent_messages(run.session_id, 10)}
+            user_message, answer = stored[e.started[0]], stored[e.started[1]]
+            assert user_message.role == "user" and user_message.content == run.input
+            assert answer.role == "assistant" and answer.run_id == run.id
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
