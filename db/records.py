@@ -53,6 +53,9 @@ class Enqueued:
     duplicate: bool = False
     session: SessionRecord | None = None  # the session, when this call created it
     started: tuple[int, int] | None = None  # (user, assistant) message ids when started now
+    # asked to create the session, which is already stored: nothing was written (load the
+    # session and enqueue again with its position)
+    clash: bool = False
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -318,8 +319,9 @@ class Store:
 
         The common cases take no reads: with ``position`` (the caller holds the session and
         checked its owner) the run is inserted at that position; without it, the session is
-        created. Only when that clashes with what is stored (a duplicate ``queue_id``, a
-        session that exists) does the careful path below run.
+        created. A session that is already stored makes it a ``clash`` with nothing written
+        (the caller loads the session and enqueues again with its position). Only a duplicate
+        ``queue_id`` (or a clash on a database without ``ON CONFLICT``) runs the careful path.
 
         With ``start`` (its user and assistant messages) the run is saved as started right
         away. When the session already has a run with this ``queue_id``, that run is returned
@@ -382,7 +384,7 @@ class Store:
             )
 
         try:
-            return await self._transact(fast)
+            return await self._transact(fast)  # a stored session comes back as a clash
         except IntegrityError:
             return await self._transact(tx)
 
@@ -870,6 +872,9 @@ async def _only_active(conn: AsyncConnection, name: str) -> None:
 
 
 INSERT_MESSAGES = insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True)
+INSERT_NEW_SESSIONS = (
+    sqlite_insert(SESSIONS).on_conflict_do_nothing(index_elements=["id"]).returning(SESSIONS.c.id)
+)
 MAX_MESSAGE_ID = select(func.coalesce(func.max(MESSAGES.c.id), 0))
 
 
@@ -959,8 +964,22 @@ class _RunInsert:
 
     @staticmethod
     async def run_many(conn: AsyncConnection, inserts: list[_RunInsert]) -> list[Enqueued]:
+        everything = inserts
         sessions = [i.session_row for i in inserts if i.session_row is not None]
-        if sessions:
+        if sessions and conn.dialect.name == "sqlite":
+            # a session that is already stored is a clash: its run is not written here
+            created = {
+                row[0] for row in await conn.execute(INSERT_NEW_SESSIONS, sessions) if row[0]
+            }
+            clashes = [i for i in inserts if i.session_row and i.session_row["id"] not in created]
+            if clashes:
+                for i in clashes:
+                    i.enqueued.clash = True
+                    i.enqueued.session = None
+                inserts = [i for i in inserts if not i.enqueued.clash]
+                if not inserts:
+                    return [i.enqueued for i in clashes]
+        elif sessions:
             await conn.execute(INSERT_SESSION, sessions)
         await conn.execute(INSERT_RUN, [i.run_row for i in inserts])
         rows = [m for i in inserts for m in i.messages]
@@ -975,14 +994,12 @@ class _RunInsert:
             )
         elif rows:
             ids = [row[0] for row in await conn.execute(INSERT_MESSAGES, rows)]
-        out = []
         for i in inserts:
             if i.messages:
                 user_id, assistant_id = ids[0], ids[1]
                 del ids[:2]
                 i.enqueued.started = (int(user_id), int(assistant_id))
-            out.append(i.enqueued)
-        return out
+        return [i.enqueued for i in everything]
 
 
 async def _run_batch(

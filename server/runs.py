@@ -134,47 +134,41 @@ class RunManager:
             raise ShuttingDown("the server is shutting down; try again shortly")
         profile = self.upstreams.resolve(profile)  # NotFound names the known profiles
         async with self.hub.lock(req.session_id):
-            # Only sessions held in memory are looked at here; for any other, the enqueue below
-            # creates the session, and falls back to checking the stored one if it exists.
+            # Only sessions held in memory are looked at first; for any other, the enqueue
+            # creates the session, and when it is stored already, it is loaded and checked.
             state = self.hub.sessions.get(req.session_id)
-            if state is not None and state.owner_id != user.id:
-                raise Forbidden("this session belongs to another user")
-            if state is not None and state.deleting:
-                raise NotFound(f"session {req.session_id!r} is being deleted")
-            if state is not None:
-                known = [state.active.record] if state.active is not None else []
-                existing = next(
-                    (r for r in [*known, *state.queue] if r.queue_id == req.queue_id), None
+            while True:
+                if state is not None:
+                    existing = self._admissible(state, user, req.queue_id)
+                    if existing is not None:
+                        await self.hub.emitter.join(sid, state.id)
+                        return self._ack(state, existing, duplicate=True)
+                record = RunRecord(
+                    id=new_run_id(),
+                    session_id=req.session_id,
+                    queue_id=req.queue_id,
+                    input=req.input,
+                    model=req.model,
+                    instructions=req.instructions,
+                    profile=profile,
+                    status=RunStatus.QUEUED,
+                    position=0,
+                    created_at=time.time(),
                 )
-                if existing is not None:
-                    await self.hub.emitter.join(sid, state.id)
-                    return self._ack(state, existing, duplicate=True)
-                if state.active is not None and len(state.queue) >= self.settings.max_queue_depth:
-                    raise QueueFull(
-                        f"this session already has {len(state.queue)} queued runs "
-                        f"(limit {self.settings.max_queue_depth})"
-                    )
-            record = RunRecord(
-                id=new_run_id(),
-                session_id=req.session_id,
-                queue_id=req.queue_id,
-                input=req.input,
-                model=req.model,
-                instructions=req.instructions,
-                profile=profile,
-                status=RunStatus.QUEUED,
-                position=0,
-                created_at=time.time(),
-            )
-            start_now = state is None or (state.active is None and not state.queue)
-            result = await self.store.enqueue_run(
-                record,
-                owner_id=user.id,
-                title=req.title,
-                seq_reserve=SEQ_BLOCK,
-                start=self._start_messages(record) if start_now else None,
-                position=state.next_position if state is not None else None,
-            )
+                start_now = state is None or (state.active is None and not state.queue)
+                result = await self.store.enqueue_run(
+                    record,
+                    owner_id=user.id,
+                    title=req.title,
+                    seq_reserve=SEQ_BLOCK,
+                    start=self._start_messages(record) if start_now else None,
+                    position=state.next_position if state is not None else None,
+                )
+                if not result.clash or state is not None:
+                    break
+                state = await self.hub.get(req.session_id)
+                if state is None:
+                    raise NotFound("the session was deleted while the run was submitted")
             record = result.run
             if result.session is not None:
                 state = self.hub.adopt(result.session, [], SEQ_BLOCK)
@@ -201,6 +195,23 @@ class RunManager:
                 state.active is None or state.active.id != record.id,
             )
             return self._ack(state, record)
+
+    def _admissible(self, state: SessionState, user: UserRecord, queue_id: str) -> RunRecord | None:
+        """Check a new run may join this session; returns the run already queued under
+        ``queue_id`` (a duplicate) if there is one."""
+        if state.owner_id != user.id:
+            raise Forbidden("this session belongs to another user")
+        if state.deleting:
+            raise NotFound(f"session {state.id!r} is being deleted")
+        known = [state.active.record] if state.active is not None else []
+        existing = next((r for r in [*known, *state.queue] if r.queue_id == queue_id), None)
+        full = state.active is not None and len(state.queue) >= self.settings.max_queue_depth
+        if existing is None and full:
+            raise QueueFull(
+                f"this session already has {len(state.queue)} queued runs "
+                f"(limit {self.settings.max_queue_depth})"
+            )
+        return existing
 
     def _ack(
         self, state: SessionState, record: RunRecord, *, duplicate: bool = False
