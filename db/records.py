@@ -73,6 +73,7 @@ class MessageRecord:
     tool_name: str | None = None
     finish_reason: str | None = None
     token_count: int | None = None
+    error: str | None = None  # why an answer failed or was interrupted
 
     def to_payload(self) -> dict[str, Any]:
         """The message as ``resumed.messages`` carries it (PROTOCOL.md §4)."""
@@ -93,6 +94,8 @@ class MessageRecord:
             payload["tool_call_id"] = self.tool_call_id
         if self.tool_name is not None:
             payload["tool_name"] = self.tool_name
+        if self.error:
+            payload["error"] = self.error
         return payload
 
 

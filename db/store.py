@@ -519,8 +519,13 @@ class Store:
     async def recent_messages(
         self, session_id: str, limit: int, before_id: int | None = None
     ) -> list[MessageRecord]:
-        """The newest ``limit`` messages of a session (older than ``before_id``), oldest first."""
-        query = select(Message).where(Message.session_id == session_id)
+        """The newest ``limit`` messages of a session (older than ``before_id``), oldest first;
+        an answer that did not complete carries its run's error."""
+        query = (
+            select(Message, Run.error.label("run_error"))
+            .outerjoin(Run, Run.id == Message.run_id)
+            .where(Message.session_id == session_id)
+        )
         if before_id is not None:
             query = query.where(Message.id < before_id)
         async with self._read() as conn:
@@ -821,6 +826,7 @@ def _message(m: Any) -> MessageRecord:
         tool_name=m["tool_name"],
         finish_reason=m["finish_reason"],
         token_count=m["token_count"],
+        error=m["run_error"] if m.get("run_error") and m["role"] == "assistant" else None,
     )
 
 

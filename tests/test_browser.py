@@ -266,6 +266,9 @@ async def test_page_is_served_with_security_headers(server: ChatrunServer) -> No
         assert resp.headers["Referrer-Policy"] == "no-referrer"
         body = await resp.text()
     assert "<script>" not in body and "style=" not in body
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/static/app.js") as resp:
+        assert resp.status == 200 and resp.headers["Cache-Control"] == "no-cache"
+        assert resp.headers.get("ETag") or resp.headers.get("Last-Modified")
 
 
 async def test_shift_enter_adds_a_line_and_enter_sends(

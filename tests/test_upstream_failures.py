@@ -35,6 +35,13 @@ async def test_upstream_500_is_retried_once_then_fails(
     assert "500" in str(failed["error"])
     assert len(hermes.requests) == 2 and not hermes.runs
     assert tab.named("run.started") == []
+    # a refreshed tab sees why the answer failed
+    resumed = await tab.call("resume", {"session_id": "e500"})
+    await tab.wait_event("resumed", session_id="e500")
+    answer = tab.named("resumed", "e500")[-1]["messages"][-1]
+    assert answer["role"] == "assistant" and answer["status"] == "failed"
+    assert answer["error"] == failed["error"]
+    assert resumed["ok"] is True
 
 
 async def test_upstream_500_then_success_runs_once(

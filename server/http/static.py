@@ -27,6 +27,9 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     if not request.path.startswith("/socket.io"):
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+    if request.path.startswith("/static/"):
+        # file names carry no version: revalidate (ETag / Last-Modified) on every load
+        response.headers.setdefault("Cache-Control", "no-cache")
     return response
 
 
