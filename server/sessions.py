@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
+import orjson
 import socketio
 from engineio import packet as eio_packet
 
@@ -52,7 +53,10 @@ PACKET_PREFIX = f"2{NAMESPACE},"  # a Socket.IO EVENT packet of our namespace
 
 
 def _encode(payload: Any) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return orjson.dumps(payload).decode()
+    except TypeError:  # text orjson refuses (lone surrogates): the standard encoder takes it
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
 class Emitter:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeGuard
 
 import aiohttp
 import httpx
+import orjson
 from httpx_sse import SSEError, aconnect_sse
 
 from server.errors import UpstreamCode, UpstreamError
@@ -277,7 +279,7 @@ class HermesRun:
 def parse_event(data: str) -> UpstreamEvent | None:
     """Map one Hermes SSE ``data:`` frame to a run event (None: nothing to forward)."""
     try:
-        frame = json.loads(data)
+        frame = _loads(data)
     except ValueError:
         raise UpstreamError(
             f"The upstream sent a malformed event: {data[:80]!r}", UpstreamCode.PROTOCOL
@@ -338,8 +340,15 @@ def parse_event(data: str) -> UpstreamEvent | None:
     return Passthrough(name, data_out)
 
 
+def _loads(data: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except ValueError:  # what orjson refuses (lone surrogate escapes, huge numbers) json takes
+        return json.loads(data)
+
+
 def _number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _opt_str(value: Any) -> str | None:
