@@ -24,3 +24,5 @@ def test_upstream_frames_with_odd_text_still_parse() -> None:
     assert parse_event('{"event": "message.delta", "delta": "ok", "timestamp": 1e400}') == (
         TextDelta("ok", None)
     )
+    huge = '{"event": "message.delta", "delta": "ok", "timestamp": 1' + "0" * 400 + "}"
+    assert parse_event(huge) == TextDelta("ok", None)
