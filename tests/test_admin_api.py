@@ -254,6 +254,7 @@ async def test_hot_reload_mid_stream_and_profile_per_connection(
 
             # activation runs the check first, then connections without a profile use it
             hermes.script = answering("Paris")
+            adapter = admin_server.app.upstreams.get("first")
             status, result = await admin.call("POST", "/first/activate")
             assert status == 200 and result["activated"] is True
             assert result["check"]["status"] == "ready"
@@ -266,6 +267,7 @@ async def test_hot_reload_mid_stream_and_profile_per_connection(
                 await plain.close()
             _, listed = await admin.call("GET")
             assert listed["active"] == "first"
+            assert admin_server.app.upstreams.get("first") is adapter  # only `active` changed
             assert [u["active"] for u in listed["upstreams"]] == [False, True]
         finally:
             await tab.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 from db.store import Store
@@ -114,9 +115,8 @@ class UpstreamAdmin:
         if check["status"] == "failed" and not force:
             return {"activated": False, "check": check}
         async with self._lock:
-            current = self._record(name)
-            current.active = True
-            await self.store.update_upstream_config(current)
-            await self.upstreams.apply(current)
+            record = replace(self._record(name), active=True)
+            await self.store.update_upstream_config(record)
+            await self.upstreams.apply(record)
         log.info("upstream config %r is now active", name)
         return {"activated": True, "check": check, "config": self.show(name)}

@@ -147,13 +147,18 @@ class Upstreams:
 
     def _install(self, record: UpstreamConfigRecord) -> None:
         """Use ``record`` for new runs (replacing any earlier adapter of that name)."""
-        old = self._adapters.pop(record.name, None)
-        self._errors.pop(record.name, None)
-        try:
-            self._adapters[record.name] = self.build(config_from_record(record))
-        except ConfigError as exc:
-            self._errors[record.name] = exc.message
-            log.error("upstream config %r cannot be used: %s", record.name, exc.message)
+        config = config_from_record(record)
+        old = self._adapters.get(record.name)
+        if old is not None and old.config == config:
+            old = None  # nothing the adapter uses changed (say, only ``active``): keep it
+        else:
+            self._adapters.pop(record.name, None)
+            self._errors.pop(record.name, None)
+            try:
+                self._adapters[record.name] = self.build(config)
+            except ConfigError as exc:
+                self._errors[record.name] = exc.message
+                log.error("upstream config %r cannot be used: %s", record.name, exc.message)
         if record.active:
             for other in self.records.values():
                 other.active = other.name == record.name
