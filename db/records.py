@@ -109,6 +109,7 @@ class MessageWrite:
     append_reasoning: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    token_count: int | None = None  # set once, with the final text
 
 
 @dataclass(slots=True)
@@ -142,3 +143,26 @@ def dump_json(value: Any) -> str | None:
 
 def load_json(value: str | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+@dataclass(slots=True)
+class HistoryItem:
+    """One user or assistant turn of the history sent upstream, with its stored token count."""
+
+    id: int
+    role: str
+    content: str
+    token_count: int
+
+
+@dataclass(slots=True)
+class SnapshotRecord:
+    """A stored summary of a session's history up to ``last_message_id``."""
+
+    session_id: str
+    summary: str
+    last_message_id: int
+    message_count: int
+    covered_tokens: int
+    summary_tokens: int
+    created_at: float
