@@ -363,3 +363,78 @@ async def test_compact_refuses_while_a_run_is_active(
     assert busy["ok"] is False and busy["error"]["code"] == "busy"
     await chat.call("abort", {"session_id": "active"})
     await chat.wait_event("run.cancelled", run_id=ack["run_id"])
+
+
+def document(fruit: str = "") -> str:
+    lines = [f"Line {i} of the report talks about weather and roads." for i in range(120)]
+    if fruit:
+        lines[70] = f"Line 70 says the shop sold a {fruit} on Tuesday."
+    return "\n".join(lines) + "\n\nWhich fruit did the shop sell?"
+
+
+async def test_an_oversize_message_is_read_in_parts(
+    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+) -> None:
+    running = 0
+    most = 0
+
+    async def extract(run: FakeRun) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        part = run.body["input"]
+        assert part.startswith("Question: Which fruit did the shop sell?")
+        await run.delta("the shop sold a banana" if "banana" in part else "NONE")
+        await run.complete()
+
+    hermes.extract_script = extract
+    text = document("banana")
+    assert COUNTER.count(text) > 3 * LIMIT
+    name, _ = await run(chat, "big", text)
+    assert name == "run.completed"
+    progress = [(d["done"], d["total"]) for d in chat.named("context.chunking")]
+    total = progress[0][1]
+    assert total == len(hermes.bodies("extract")) > 3
+    assert progress == [(i, total) for i in range(total + 1)]
+    assert most == 2  # CHATRUN_CHUNK_CONCURRENCY
+    sent = hermes.bodies()[-1]
+    assert "the shop sold a banana" in sent["input"] and "NONE" not in sent["input"]
+    assert sent["input"].endswith("Question: Which fruit did the shop sell?")
+    assert all(sent_tokens(b) <= LIMIT for b in [*hermes.bodies("extract"), sent])
+    # the whole message is kept in the transcript
+    stored = small.query("SELECT content FROM messages WHERE session_id='big' AND role='user'")
+    assert stored[0]["content"] == text
+
+
+async def test_an_oversize_message_with_nothing_relevant_says_so(
+    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+) -> None:
+    async def nothing(run: FakeRun) -> None:
+        await run.delta("NONE")
+        await run.complete()
+
+    hermes.extract_script = nothing
+    name, _ = await run(chat, "none", document())
+    assert name == "run.completed"
+    sent = hermes.bodies()[-1]["input"]
+    assert "none of them held anything relevant" in sent
+    assert sent.endswith("Question: Which fruit did the shop sell?")
+
+
+async def test_an_input_that_cannot_fit_fails_clearly(
+    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+) -> None:
+    async def everything(run: FakeRun) -> None:
+        await run.delta(run.body["input"].split("Part of the message:\n", 1)[1])
+        await run.complete()
+
+    hermes.extract_script = everything
+    name, failed = await run(chat, "huge", document("pear"))
+    assert name == "run.failed"
+    assert failed["code"] == "input_too_large" and "do not fit" in failed["error"]
+    assert not hermes.bodies()  # no answer run was started
+    # a question longer than the window cannot even be read in parts
+    name, failed = await run(chat, "huge", "word " * 2000)
+    assert name == "run.failed" and failed["code"] == "input_too_large"
