@@ -228,6 +228,8 @@ class Compressor:
         # What is not summarised is sent verbatim, oldest turns dropped while it does not fit.
         start = base.last_message_id if base is not None else 0
         recent = [i for i in items if i.id > start]
+        if base is not None and fixed + self.summary_cost(base) > window:
+            base = None  # no room even for the summary beside this question
         room = window - fixed - self.summary_cost(base)
         while recent and cost(recent) > room:
             recent.pop(0)

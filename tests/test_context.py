@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from server.compression import PREAMBLE
+from server.errors import ConfigError
+from server.settings import env_name
 from server.tokens import MESSAGE_OVERHEAD, TokenCounter
+from server.upstream.base import UpstreamConfig
 from tests.fakes.hermes import FakeHermes, FakeRun
 from tests.helpers import BOB_TOKEN, ChatrunServer, Tab, make_settings
 
@@ -438,3 +441,36 @@ async def test_an_input_that_cannot_fit_fails_clearly(
     # a question longer than the window cannot even be read in parts
     name, failed = await run(chat, "huge", "word " * 2000)
     assert name == "run.failed" and failed["code"] == "input_too_large"
+
+
+async def test_a_profile_window_overrides_the_default(
+    small: ChatrunServer, hermes: FakeHermes
+) -> None:
+    small.app.upstreams.add(
+        UpstreamConfig(name="wide", kind="hermes", url=hermes.url, context_length=5000)
+    )
+    for profile, limit in (("wide", 5000), (None, LIMIT)):
+        tab = Tab(small.url, profile=profile)
+        await tab.connect()
+        try:
+            name, _ = await run(tab, f"window-{limit}", "hello")
+            assert name == "run.completed"
+            assert tab.named("usage.updated")[-1]["contextLimit"] == limit
+        finally:
+            await tab.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("compression_trigger", 1.5),
+        ("compression_trigger", 0.0),
+        ("context_limit", 0),
+        ("context_reserve_tokens", 9000),
+        ("chunk_concurrency", 0),
+        ("compression_timeout_s", -1.0),
+    ],
+)
+def test_context_settings_are_checked(tmp_path: Path, field: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=env_name(field)):
+        make_settings(tmp_path, "http://127.0.0.1:1", **{field: value}).validate()
