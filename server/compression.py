@@ -355,11 +355,13 @@ class Compressor:
     ) -> str:
         """One request through the session's upstream; its whole answer text.
 
-        While it runs its handle is the active run's, so an abort stops it like a normal run.
+        It is sent under the session's id with ``:context`` appended, so an agent that keeps
+        its own records per session does not file it as a turn of the chat. While it runs its
+        handle is the active run's, so an abort stops it like a normal run.
         """
         handle = await upstream.start(
             UpstreamRequest(
-                session_id=session_id,
+                session_id=f"{session_id}:context",
                 input=prompt,
                 history=[],
                 instructions=instructions,

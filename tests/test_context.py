@@ -114,6 +114,8 @@ async def test_long_chat_always_fits_and_extends_its_snapshot(
     assert len(summaries_at) < 8
     summaries = hermes.bodies("summary")
     assert "Summary so far:\nSUMMARY of" in summaries[-1]["input"]
+    assert {b["session_id"] for b in summaries} == {"long:context"}
+    assert {b["session_id"] for b in answers} == {"long"}
     assert all(sent_tokens(b) <= LIMIT for b in summaries)
     # after the first compression every run carries the preamble and the summary
     first = summaries_at[0]
@@ -474,3 +476,21 @@ async def test_a_profile_window_overrides_the_default(
 def test_context_settings_are_checked(tmp_path: Path, field: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=env_name(field)):
         make_settings(tmp_path, "http://127.0.0.1:1", **{field: value}).validate()
+
+
+async def test_abort_while_reading_parts_stops_them(
+    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+) -> None:
+    async def hanging(run: FakeRun) -> None:
+        await run.hang()
+
+    hermes.extract_script = hanging
+    ack = await chat.call("run", {"session_id": "parts", "input": document("kiwi")})
+    await chat.wait_event("context.chunking", run_id=ack["run_id"], done=0)
+    await hermes.wait_for_run(2)  # both concurrent parts are with the upstream
+    await chat.call("abort", {"session_id": "parts"})
+    await chat.wait_event("run.cancelled", run_id=ack["run_id"])
+    await chat.wait_event("abort.completed", run_id=ack["run_id"])
+    extracts = [r.run_id for r in hermes.runs.values() if r.purpose == "extract"]
+    assert len(extracts) == 2 and set(extracts) <= set(hermes.stop_calls)
+    assert not hermes.bodies()
