@@ -134,3 +134,19 @@ class UpstreamConfigRow(Base):
     env_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ContextSnapshot(Base):
+    """A summary of a session's history up to ``last_message_id``; the newest one is used."""
+
+    __tablename__ = "context_snapshots"
+    __table_args__ = (Index("ix_context_snapshots_session_id_id", "session_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    summary: Mapped[str] = mapped_column(Text)
+    last_message_id: Mapped[int] = mapped_column(Integer)
+    message_count: Mapped[int] = mapped_column(Integer)  # messages the summary covers, in all
+    covered_tokens: Mapped[int] = mapped_column(Integer)  # their token count
+    summary_tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)

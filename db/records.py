@@ -115,6 +115,7 @@ class MessageWrite:
     append_reasoning: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    token_count: int | None = None  # set once, with the final text
 
 
 @dataclass(slots=True)
@@ -168,3 +169,26 @@ class UpstreamConfigRecord:
     created_at: float
     updated_at: float
     env_digest: str | None = None
+
+
+@dataclass(slots=True)
+class HistoryItem:
+    """One user or assistant turn of the history sent upstream, with its stored token count."""
+
+    id: int
+    role: str
+    content: str
+    token_count: int
+
+
+@dataclass(slots=True)
+class SnapshotRecord:
+    """A stored summary of a session's history up to ``last_message_id``."""
+
+    session_id: str
+    summary: str
+    last_message_id: int
+    message_count: int
+    covered_tokens: int
+    summary_tokens: int
+    created_at: float

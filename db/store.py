@@ -15,19 +15,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Integer, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.engine import create_engine, migrate
-from db.models import Message, MessageChunk, Run, Session, UpstreamConfigRow, User
+from db.models import ContextSnapshot, Message, MessageChunk, Run, Session, UpstreamConfigRow, User
 from db.records import (
     Enqueued,
     FlushBatch,
+    HistoryItem,
     MessageRecord,
     RunRecord,
     SessionRecord,
+    SnapshotRecord,
     UpstreamConfigRecord,
     UserRecord,
     dump_json,
@@ -44,6 +46,7 @@ MESSAGES = cast(Table, Message.__table__)
 RUNS = cast(Table, Run.__table__)
 SESSIONS = cast(Table, Session.__table__)
 CHUNKS = cast(Table, MessageChunk.__table__)
+SNAPSHOTS = cast(Table, ContextSnapshot.__table__)
 INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
 INSERT_RUN = insert(RUNS)
 INSERT_SESSION = insert(SESSIONS)
@@ -585,23 +588,96 @@ class Store:
 
         await self._transact(tx)
 
-    async def history(self, session_id: str, before_id: int) -> list[tuple[str, str]]:
-        """``(role, content)`` of the user and assistant turns before a message, oldest first.
+    async def history(
+        self,
+        session_id: str,
+        before_id: int,
+        count: Callable[[str], int],
+        after_id: int = 0,
+    ) -> list[HistoryItem]:
+        """The user and assistant turns between two messages (exclusive), oldest first, each
+        with its token count.
 
-        Tool activity is not part of it, and neither are empty assistant turns.
+        Tool activity is not part of it, and neither are empty assistant turns. Rows stored
+        without a count (before counts were kept) are counted here once and the count saved.
         """
         async with self._read() as conn:
             rows = await conn.execute(
-                select(Message.role, Message.content)
+                select(Message.id, Message.role, Message.content, Message.token_count)
                 .where(
                     Message.session_id == session_id,
+                    Message.id > after_id,
                     Message.id < before_id,
                     Message.role.in_(("user", "assistant")),
                     Message.content != "",
                 )
                 .order_by(Message.id)
             )
-            return [(r.role, r.content) for r in rows]
+            items: list[HistoryItem] = []
+            missing: dict[int, int] = {}
+            for r in rows:
+                tokens = r.token_count
+                if tokens is None:
+                    tokens = missing[r.id] = count(r.content)
+                items.append(HistoryItem(r.id, r.role, r.content, tokens))
+        if missing:
+            await self.set_token_counts(missing)
+        return items
+
+    async def set_token_counts(self, counts: dict[int, int]) -> None:
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == bindparam("m_id"))
+                .values(token_count=bindparam("m_tokens")),
+                [{"m_id": i, "m_tokens": n} for i, n in counts.items()],
+            )
+
+        await self._transact(tx)
+
+    async def latest_snapshot(self, session_id: str) -> SnapshotRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(SNAPSHOTS)
+                    .where(SNAPSHOTS.c.session_id == session_id)
+                    .order_by(SNAPSHOTS.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return SnapshotRecord(
+            session_id=m["session_id"],
+            summary=m["summary"],
+            last_message_id=m["last_message_id"],
+            message_count=m["message_count"],
+            covered_tokens=m["covered_tokens"],
+            summary_tokens=m["summary_tokens"],
+            created_at=m["created_at"],
+        )
+
+    async def save_snapshot(self, snapshot: SnapshotRecord) -> None:
+        """Store a snapshot; older ones of the session are dropped (only the newest is used)."""
+
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(
+                delete(SNAPSHOTS).where(SNAPSHOTS.c.session_id == snapshot.session_id)
+            )
+            await conn.execute(
+                insert(SNAPSHOTS).values(
+                    session_id=snapshot.session_id,
+                    summary=snapshot.summary,
+                    last_message_id=snapshot.last_message_id,
+                    message_count=snapshot.message_count,
+                    covered_tokens=snapshot.covered_tokens,
+                    summary_tokens=snapshot.summary_tokens,
+                    created_at=snapshot.created_at,
+                )
+            )
+
+        await self._transact(tx)
 
     # -- upstream configs ---------------------------------------------------------------------
 
@@ -680,6 +756,9 @@ class Store:
                         updated_at=bindparam("m_updated"),
                         tool_calls=bindparam("m_tool_calls"),
                         finish_reason=bindparam("m_finish"),
+                        token_count=func.coalesce(
+                            bindparam("m_tokens", type_=Integer), MESSAGES.c.token_count
+                        ),
                     ),
                     [
                         {
@@ -690,6 +769,7 @@ class Store:
                             "m_updated": m.updated_at,
                             "m_tool_calls": dump_json(m.tool_calls),
                             "m_finish": m.finish_reason,
+                            "m_tokens": m.token_count,
                         }
                         for m in whole
                     ],

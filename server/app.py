@@ -32,6 +32,7 @@ from server.runs import RunManager
 from server.sessions import Emitter, SessionHub
 from server.settings import Settings
 from server.tasks import TaskSet
+from server.tokens import TokenCounter
 from server.upstream.admin import UpstreamAdmin
 from server.upstream.health import UpstreamHealth
 from server.upstream.registry import Upstreams
@@ -46,9 +47,15 @@ class Chatrun:
     """Every long-lived component of one server process (built by ``create_app``)."""
 
     def __init__(
-        self, settings: Settings, sio: socketio.AsyncServer, store: Store, eventlog: EventLog
+        self,
+        settings: Settings,
+        sio: socketio.AsyncServer,
+        store: Store,
+        eventlog: EventLog,
+        tokens: TokenCounter,
     ) -> None:
         self.settings = settings
+        self.tokens = tokens
         self.sio = sio
         self.store = store
         self.tasks = TaskSet()
@@ -99,6 +106,7 @@ class Chatrun:
             self._health,
             self.tasks,
             self.metrics,
+            self.tokens,
         )
         self.namespace = ChatRunNamespace(self.auth, self.runs, self.hub, self.limits)
         self.metrics.bind(
@@ -118,6 +126,7 @@ def create_app(
     store: Store | None = None,
     client_manager: Any = None,
     eventlog: EventLog | None = None,
+    tokens: TokenCounter | None = None,
 ) -> web.Application:
     """Build the aiohttp application; resources open and close with the app."""
     sio = socketio.AsyncServer(
@@ -132,6 +141,7 @@ def create_app(
         sio,
         store or Store(settings.resolved_database_url),
         eventlog or MemoryEventLog(settings.retained_events),
+        tokens or TokenCounter(),
     )
     app = web.Application(middlewares=[api_errors, security_headers])
     app[CHATRUN] = chatrun

@@ -72,6 +72,20 @@ class RateLimited(ChatrunError):
     http_status = 429
 
 
+class InputTooLarge(ChatrunError):
+    """A run's input cannot be fitted into the upstream's context window, even in parts."""
+
+    code = "input_too_large"
+    http_status = 413
+
+
+class Busy(ChatrunError):
+    """The session is doing something that has to finish first."""
+
+    code = "busy"
+    http_status = 409
+
+
 class ShuttingDown(ChatrunError):
     code = "upstream_unavailable"
     http_status = 503

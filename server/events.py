@@ -169,7 +169,7 @@ class RunPayload:
 
 @dataclass(frozen=True, slots=True)
 class SessionPayload:
-    """Payload of ``abort`` and ``leave``: just the session."""
+    """Payload of ``abort``, ``leave`` and ``compact``: just the session."""
 
     session_id: str
 

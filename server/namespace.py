@@ -53,6 +53,7 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             "resume": self._resume,
             "abort": self._abort,
             "leave": self._leave,
+            "compact": self._compact,
         }
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
@@ -114,3 +115,7 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         request = SessionPayload.from_payload(payload, "leave")
         await self.hub.emitter.leave(sid, request.session_id)
         return {"ok": True}
+
+    async def _compact(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
+        request = SessionPayload.from_payload(payload, "compact")
+        return await self.runs.compact(conn.user, conn.profile, request.session_id)

@@ -15,7 +15,10 @@ from typing import Any
 
 from db.records import RunFinish, RunRecord, UserRecord
 from db.store import Store
+from server.chunking import read_in_parts
+from server.compression import CompressionAborted, Compressor, Fitted
 from server.errors import (
+    Busy,
     ChatrunError,
     Forbidden,
     NotFound,
@@ -24,12 +27,13 @@ from server.errors import (
     UpstreamCode,
     UpstreamError,
 )
-from server.events import RunPayload, input_text, new_run_id
+from server.events import RunInput, RunPayload, input_text, new_run_id
 from server.flusher import Flusher
 from server.metrics import Metrics
 from server.sessions import SEQ_BLOCK, ActiveRun, SessionHub, SessionState
 from server.settings import Settings
 from server.tasks import TaskSet
+from server.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.transcript import MessageStatus, Transcript
 from server.upstream.base import (
     Cancelled,
@@ -105,8 +109,12 @@ class RunManager:
         health: UpstreamHealth,
         tasks: TaskSet,
         metrics: Metrics,
+        tokens: TokenCounter,
     ) -> None:
         self.settings = settings
+        self.tokens = tokens
+        self.compressor = Compressor(settings, store, hub, tokens)
+        self._compacting: dict[str, asyncio.Event] = {}  # sessions being compacted by request
         self.metrics = metrics
         self.store = store
         self.hub = hub
@@ -156,12 +164,13 @@ class RunManager:
                     created_at=time.time(),
                 )
                 start_now = state is None or (state.active is None and not state.queue)
+                start = self._start_messages(record) if start_now else None
                 result = await self.store.enqueue_run(
                     record,
                     owner_id=user.id,
                     title=req.title,
                     seq_reserve=SEQ_BLOCK,
-                    start=self._start_messages(record) if start_now else None,
+                    start=start,
                     position=state.next_position if state is not None else None,
                 )
                 if not result.clash or state is not None:
@@ -181,7 +190,13 @@ class RunManager:
                 return self._ack(state, record, duplicate=True)
             state.next_position = max(state.next_position, record.position + 1)
             if result.started is not None:
-                self._activate(state, record, result.started, fresh=result.session is not None)
+                self._activate(
+                    state,
+                    record,
+                    result.started,
+                    fresh=result.session is not None,
+                    input_tokens=start[0]["token_count"] if start is not None else None,
+                )
             else:
                 state.queue.append(record)
                 if state.active is None:
@@ -352,22 +367,25 @@ class RunManager:
         message_ids: tuple[int, int] | None,
         *,
         fresh: bool = False,
+        input_tokens: int | None = None,
     ) -> None:
-        active = ActiveRun(record, message_ids=message_ids, fresh=fresh)
+        active = ActiveRun(record, message_ids=message_ids, fresh=fresh, input_tokens=input_tokens)
         state.active = active
         state.state_events = []
         active.task = self.tasks.spawn(self._drive(state, active), name=f"run:{record.id}")
 
-    @staticmethod
-    def _start_messages(record: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The rows a run writes when it starts: its question and its (empty) answer."""
+    def _start_messages(self, record: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The rows a run writes when it starts: its question (counted here, once) and its
+        (empty) answer."""
         common = {"session_id": record.session_id, "run_id": record.id}
+        question = input_text(record.input)
         return (
             {
                 **common,
                 "role": "user",
-                "content": input_text(record.input),
+                "content": question,
                 "status": MessageStatus.COMPLETE.value,
+                "token_count": self.tokens.count(question),
             },
             {**common, "role": "assistant", "content": "", "status": MessageStatus.STREAMING.value},
         )
@@ -414,26 +432,38 @@ class RunManager:
     async def _execute(self, state: SessionState, active: ActiveRun, upstream: Upstream) -> Outcome:
         record = active.record
         if active.message_ids is None:
-            active.message_ids = await self.store.start_run(
-                record.id, *self._start_messages(record)
-            )
+            question, answer = self._start_messages(record)
+            active.input_tokens = question["token_count"]
+            active.message_ids = await self.store.start_run(record.id, question, answer)
         user_message_id, assistant_id = active.message_ids
         state.transcript = Transcript(
             state.id, record.id, self.store.insert_message, assistant_id=assistant_id
         )
-        history = [] if active.fresh else await self.store.history(state.id, user_message_id)
         instructions = (
             "\n\n".join(p for p in (self.settings.system_prompt, record.instructions) if p) or None
         )
         await self.health.ensure_reachable(record.profile)
+        compacting = self._compacting.get(state.id)
+        if compacting is not None:
+            await compacting.wait()
+        try:
+            send, fitted = await self._fit(state, active, upstream, user_message_id, instructions)
+        except CompressionAborted:
+            return Outcome(RunStatus.CANCELLED)
+        active.context_tokens = fitted.tokens
+        active.context_limit = fitted.limit
+        if active.aborting:
+            active.stop_confirmed = True
+            return Outcome(RunStatus.CANCELLED)
         active.requested = time.perf_counter()
         handle = await upstream.start(
             UpstreamRequest(
                 session_id=state.id,
-                input=record.input,
-                history=history,
+                input=send,
+                history=fitted.history,
                 instructions=instructions,
                 model=record.model,
+                context_summary=fitted.summary,
             )
         )
         active.handle = handle
@@ -460,6 +490,74 @@ class RunManager:
             time.monotonic() - active.started,
         )
         return await self._stream(state, active, handle)
+
+    async def _fit(
+        self,
+        state: SessionState,
+        active: ActiveRun,
+        upstream: Upstream,
+        user_message_id: int,
+        instructions: str | None,
+    ) -> tuple[RunInput, Fitted]:
+        """The input and history a run sends: within the context window, compressed first
+        when past the trigger, an oversize input read in parts."""
+        record = active.record
+        send: RunInput = record.input
+        input_tokens = active.input_tokens
+        if input_tokens is None:
+            input_tokens = active.input_tokens = self.tokens.count(input_text(record.input))
+        instruction_tokens = self.tokens.count(instructions) if instructions else 0
+        fixed = instruction_tokens + input_tokens + MESSAGE_OVERHEAD
+        limit = await self.compressor.limit(upstream)
+        room = self.compressor.window(limit) - instruction_tokens - MESSAGE_OVERHEAD
+        if input_tokens > room:
+            text = await read_in_parts(
+                self.compressor,
+                state,
+                upstream,
+                active,
+                input_text(record.input),
+                room=room,
+                model=record.model,
+            )
+            send = text
+            fixed = instruction_tokens + self.tokens.count(text) + MESSAGE_OVERHEAD
+        if active.fresh:
+            return send, Fitted([], None, fixed, limit)
+        fitted = await self.compressor.fit(
+            state,
+            upstream,
+            fixed=fixed,
+            before_id=user_message_id,
+            model=record.model,
+            active=active,
+        )
+        return send, fitted
+
+    async def compact(
+        self, user: UserRecord, profile: str | None, session_id: str
+    ) -> dict[str, Any]:
+        """Compress a session's history now (the ``compact`` event)."""
+        state = await self.owned(user, session_id)
+        if state is None:
+            raise NotFound(f"no session {session_id!r}")
+        async with self.upstreams.lease(profile) as upstream:
+            return await self._compact(state, upstream)
+
+    async def _compact(self, state: SessionState, upstream: Upstream) -> dict[str, Any]:
+        session_id = state.id
+        async with self.hub.lock(session_id):
+            if state.active is not None or state.queue:
+                raise Busy("the session has a run in progress; compact it once the run ended")
+            if session_id in self._compacting:
+                raise Busy("the session is being compacted already")
+            done = self._compacting[session_id] = asyncio.Event()
+        try:
+            fitted = await self.compressor.fit(state, upstream, fixed=0, force=True)
+        finally:
+            self._compacting.pop(session_id, None)
+            done.set()
+        return {"ok": True, "contextTokens": fitted.tokens, "contextLimit": fitted.limit}
 
     async def _stream(self, state: SessionState, active: ActiveRun, handle: UpstreamRun) -> Outcome:
         run_id = active.id
@@ -550,9 +648,6 @@ class RunManager:
 
     async def _finish(self, state: SessionState, active: ActiveRun, outcome: Outcome) -> None:
         record = active.record
-        if outcome.usage:
-            state.input_tokens = outcome.usage.get("input_tokens", state.input_tokens)
-            state.output_tokens = outcome.usage.get("output_tokens", state.output_tokens)
         finish = RunFinish(
             run_id=record.id,
             status=outcome.status.value,
@@ -564,28 +659,39 @@ class RunManager:
             finish_reason=outcome.finish_reason,
         )
         transcript = state.transcript
+        usage: dict[str, Any] = {"run_id": record.id}
 
-        async def persist() -> None:
+        async def finish_messages() -> None:
+            # Runs in the session's sender after every event of the run was applied, so the
+            # answer is complete: it is counted here, once, and the count saved with it.
+            counted = 0
             if transcript is not None:
-                await transcript.finish(
+                counted = await transcript.finish(
                     MESSAGE_STATUS[outcome.status],
                     output=outcome.output,
                     finish_reason=outcome.finish_reason,
+                    count=self.tokens.count,
                 )
+            reported = outcome.usage or {}
+            state.input_tokens = reported.get("input_tokens", active.context_tokens)
+            state.output_tokens = reported.get("output_tokens", counted)
+            usage.update(
+                inputTokens=state.input_tokens,
+                outputTokens=state.output_tokens,
+                contextTokens=active.context_tokens + counted + MESSAGE_OVERHEAD,
+                contextLimit=active.context_limit,
+            )
+
+        async def persist() -> None:
             await self.flusher.persist(state, finish)
 
         async with self.hub.lock(state.id):
             remaining = len(state.queue)
-            self.hub.publish(
-                state,
-                "usage.updated",
-                {
-                    "run_id": record.id,
-                    "inputTokens": state.input_tokens,
-                    "outputTokens": state.output_tokens,
-                },
-            )
             name, data = self._terminal(outcome, record.id, remaining, transcript)
+            try:
+                await self.hub.publish_wait(state, "usage.updated", usage, before=finish_messages)
+            except Exception:
+                log.exception("run %s session %s: usage event failed", record.id, state.id)
             try:
                 await self.hub.publish_wait(state, name, data, before=persist)
             except Exception:

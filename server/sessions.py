@@ -131,6 +131,9 @@ class ActiveRun:
     fresh: bool = False  # the first run of a session created just now: no history to read
     requested: float = 0.0  # perf_counter when the run was sent upstream
     first_token: bool = False
+    input_tokens: int | None = None  # the question's token count, counted when it was saved
+    context_tokens: int = 0  # what the run sent upstream, counted
+    context_limit: int = 0
 
     @property
     def id(self) -> str:

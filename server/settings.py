@@ -99,6 +99,27 @@ class Settings:
         60.0, "How long the smoke test of an upstream check may take (model load excluded)."
     )
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
+    context_limit: int = _setting(
+        8192, "Context window (tokens) when neither the profile nor the upstream reports one."
+    )
+    context_reserve_tokens: int = _setting(
+        1024, "Tokens of the context window kept free for the answer."
+    )
+    compression_trigger: float = _setting(
+        0.75, "Compress the history when a run would send more than this fraction of the window."
+    )
+    compression_keep_turns: int = _setting(
+        4, "Most recent turns (a question and its answer) always sent verbatim."
+    )
+    compression_summary_tokens: int = _setting(
+        512, "Token budget the history summary is asked to stay within."
+    )
+    compression_timeout_s: float = _setting(
+        60.0, "Longest wait for the upstream to summarise the history before falling back."
+    )
+    chunk_concurrency: int = _setting(
+        2, "Parts of an oversize message read by the upstream at the same time."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -124,6 +145,10 @@ class Settings:
             "max_content_blocks",
             "retained_events",
             "resume_max_messages",
+            "context_limit",
+            "compression_summary_tokens",
+            "compression_timeout_s",
+            "chunk_concurrency",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive")
@@ -132,9 +157,15 @@ class Settings:
             "max_queue_depth",
             "upstream_retry_backoff_ms",
             "coalesce_window_ms",
+            "context_reserve_tokens",
+            "compression_keep_turns",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative")
+        if not 0 < self.compression_trigger <= 1:
+            raise ConfigError("CHATRUN_COMPRESSION_TRIGGER must be a fraction in (0, 1]")
+        if self.context_reserve_tokens >= self.context_limit:
+            raise ConfigError("CHATRUN_CONTEXT_RESERVE_TOKENS must be below CHATRUN_CONTEXT_LIMIT")
         if self.shutdown_grace_s < 0:
             raise ConfigError("CHATRUN_SHUTDOWN_GRACE_S must not be negative")
         for name in (

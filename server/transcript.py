@@ -40,6 +40,7 @@ class Draft:
         "run_id",
         "session_id",
         "status",
+        "token_count",
         "tool_call_id",
         "tool_calls",
         "tool_name",
@@ -70,6 +71,7 @@ class Draft:
         self.tool_call_id = tool_call_id
         self.tool_name = tool_name
         self.finish_reason: str | None = None
+        self.token_count: int | None = None  # counted once, when the message is final
         self.dirty = False
         self._stored_content = len(content)  # how much of the text the database holds
         self._stored_reasoning = 0
@@ -119,6 +121,7 @@ class Draft:
             reasoning_len=len(reasoning),
             tool_calls=self.tool_calls,
             finish_reason=self.finish_reason,
+            token_count=self.token_count,
         )
         if self.status != MessageStatus.STREAMING or self._replaced:
             write.content, write.reasoning = content, reasoning
@@ -233,8 +236,13 @@ class Transcript:
         draft.dirty = True
 
     async def finish(
-        self, status: MessageStatus, *, output: str | None, finish_reason: str | None
-    ) -> None:
+        self,
+        status: MessageStatus,
+        *,
+        output: str | None,
+        finish_reason: str | None,
+        count: Callable[[str], int] | None = None,
+    ) -> int:
         """End the run's messages with ``status``.
 
         When nothing was streamed, the upstream's final output (if any) becomes the answer;
@@ -251,5 +259,13 @@ class Transcript:
             if draft.status == MessageStatus.STREAMING:
                 draft.status = status
                 draft.dirty = True
+        output_tokens = 0
+        for draft in self.drafts:
+            if count is not None and draft.token_count is None:
+                draft.token_count = count(draft.content)
+                draft.dirty = True
+            if draft.role == "assistant":
+                output_tokens += draft.token_count or 0
         self._assistant = None
         self._tools.clear()
+        return output_tokens

@@ -80,7 +80,7 @@ class ChatrunServer:
         await self.start()
 
     def db(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.settings.data_dir / "chatrun.db")
+        conn = sqlite3.connect(self.settings.data_dir / "chatrun.db", timeout=30)
         conn.row_factory = sqlite3.Row
         return conn
 

@@ -157,8 +157,13 @@ class HermesUpstream:
             ],
             "session_id": request.session_id,
         }
-        if request.instructions:
-            body["instructions"] = request.instructions
+        # A compression summary goes after the instructions: it is background for the agent,
+        # not a turn of the conversation, and the agent keeps instructions apart from history.
+        instructions = "\n\n".join(
+            part for part in (request.instructions, request.context_summary) if part
+        )
+        if instructions:
+            body["instructions"] = instructions
         model = request.model or self.config.model
         if model:
             body["model"] = model

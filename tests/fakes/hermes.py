@@ -1,5 +1,10 @@
 """An in-process fake of the Hermes agent runs API on a real port, speaking its real framing.
 
+Every request body is recorded in ``requests`` (``input``, ``instructions``,
+``conversation_history``). Requests the chat server makes for itself are told apart by their
+instructions (``FakeRun.purpose``: ``summary`` or ``extract``) and driven by
+``summary_script`` / ``extract_script`` when set.
+
 ``POST /v1/runs`` → 202 ``{run_id, status}``; ``GET /v1/runs/{id}/events`` → SSE with data-only
 frames ``data: {json}\\n\\n``, ``: keepalive`` comments and ``: stream closed`` after the
 terminal event; a single consumer (a second subscription is 404); ``POST …/stop`` cancels the
@@ -18,6 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
+from server.chunking import EXTRACT_INSTRUCTIONS
+from server.compression import SUMMARY_INSTRUCTIONS
 
 Script = Callable[["FakeRun"], Awaitable[None]]
 DEFAULT_TEXT = "Hello from the fake Hermes agent."
@@ -43,6 +51,16 @@ class FakeRun:
         self.sent_text = ""
         self.terminal = False
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def purpose(self) -> str:
+        """``summary``, ``extract`` (requests Chatrun makes for itself) or ``answer``."""
+        instructions = str(self.body.get("instructions") or "")
+        if instructions.startswith(SUMMARY_INSTRUCTIONS):
+            return "summary"
+        if instructions.startswith(EXTRACT_INSTRUCTIONS):
+            return "extract"
+        return "answer"
 
     async def _event(self, name: str, **fields: Any) -> None:
         frame = {"event": name, "run_id": self.run_id, "timestamp": time.time(), **fields}
@@ -113,6 +131,8 @@ class FakeHermes:
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
         self.script: Script | None = None
+        self.summary_script: Script | None = None
+        self.extract_script: Script | None = None
         self.post_statuses: list[int] = []
         self.post_delay = 0.0
         self.ignore_stop = False
@@ -157,6 +177,10 @@ class FakeHermes:
             await self._runner.cleanup()
             self._runner = None
 
+    def bodies(self, purpose: str = "answer") -> list[dict[str, Any]]:
+        """The recorded request bodies of runs with this purpose, in order."""
+        return [r.body for r in self.runs.values() if r.purpose == purpose]
+
     async def wait_for_run(self, n: int = 1, timeout: float = 5.0) -> FakeRun:
         async with asyncio.timeout(timeout), self._accepted:
             await self._accepted.wait_for(lambda: len(self.runs) >= n)
@@ -198,7 +222,12 @@ class FakeHermes:
 
     async def _drive(self, run: FakeRun) -> None:
         try:
-            await (self.script or default_script)(run)
+            script = self.script
+            if run.purpose == "summary" and self.summary_script is not None:
+                script = self.summary_script
+            elif run.purpose == "extract" and self.extract_script is not None:
+                script = self.extract_script
+            await (script or default_script)(run)
         except asyncio.CancelledError:
             if run.stop_requested.is_set():
                 await run.cancelled()
