@@ -12,7 +12,6 @@ and ``compression.completed`` says why in ``error``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -23,13 +22,8 @@ from server.errors import UpstreamCode, UpstreamError
 from server.sessions import ActiveRun, SessionHub, SessionState
 from server.settings import Settings
 from server.tokens import MESSAGE_OVERHEAD, TokenCounter
-from server.upstream.base import (
-    Cancelled,
-    Completed,
-    TextDelta,
-    Upstream,
-    UpstreamRequest,
-)
+from server.upstream.base import Upstream, UpstreamRequest, UpstreamRun
+from server.upstream.collect import RequestCancelled, collect_text
 
 log = logging.getLogger("chatrun.compression")
 
@@ -44,7 +38,6 @@ SUMMARY_INSTRUCTIONS = (
     "Answer with the summary only."
 )
 ALL_MESSAGES = 2**62  # "before any message id"
-STOP_TIMEOUT = 1.0
 PROMPT_SLACK = 64  # tokens for the wording around a summary request
 
 
@@ -361,54 +354,32 @@ class Compressor:
         its own records per session does not file it as a turn of the chat. While it runs its
         handle is the active run's, so an abort stops it like a normal run.
         """
-        handle = await upstream.start(
-            UpstreamRequest(
-                session_id=f"{session_id}:context",
-                input=prompt,
-                history=[],
-                instructions=instructions,
-                model=model,
-            )
-        )
-        if active is not None:
+
+        started: list[UpstreamRun] = []
+
+        def attach(handle: UpstreamRun | None) -> bool:
+            if active is None:
+                return True
+            if handle is None:  # the request ended
+                if started and active.handle is started[0]:
+                    active.handle = None
+                return True
+            started.append(handle)
             active.handle = handle
-        parts: list[str] = []
+            return not active.aborting
+
+        request = UpstreamRequest(
+            session_id=f"{session_id}:context",
+            input=prompt,
+            history=[],
+            instructions=instructions,
+            model=model,
+        )
         try:
+            answer = await collect_text(upstream, request, None, on_start=attach)
+        except RequestCancelled as exc:
             if active is not None and active.aborting:
-                await _stop(handle)
-                raise CompressionAborted
-            events = handle.events()
-            try:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        parts.append(event.text)
-                    elif isinstance(event, Completed):
-                        text = "".join(parts) or event.output or ""
-                        return text.strip()
-                    elif isinstance(event, Cancelled):
-                        if active is not None and active.aborting:
-                            active.stop_confirmed = True
-                            raise CompressionAborted
-                        raise UpstreamError(
-                            "the upstream cancelled the request", UpstreamCode.ERROR
-                        )
-            finally:
-                with contextlib.suppress(Exception):
-                    await events.aclose()  # type: ignore[attr-defined]
-            raise UpstreamError("the upstream stream ended early", UpstreamCode.DISCONNECTED)
-        except (asyncio.CancelledError, TimeoutError):
-            await _stop(handle)
+                active.stop_confirmed = exc.confirmed
+                raise CompressionAborted from None
             raise
-        finally:
-            if active is not None and active.handle is handle:
-                active.handle = None
-            await handle.aclose()
-
-
-async def _stop(handle: object) -> None:
-    stop = getattr(handle, "stop", None)
-    if stop is None:
-        return
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(STOP_TIMEOUT):
-            await stop()
+        return answer.text.strip()
