@@ -151,6 +151,8 @@ def _lifecycle(chatrun: Chatrun, injected: Upstreams | None) -> Any:
         finally:
             await _stop_runs(chatrun)  # no-op when on_shutdown already did it
             await chatrun.tasks.cancel_all()
+            if chatrun._upstreams is not None:
+                await chatrun._upstreams.aclose()
             await client.aclose()
             await session.close()
             await chatrun.store.close()

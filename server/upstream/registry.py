@@ -8,6 +8,7 @@ from server.errors import ConfigError, NotFound
 from server.settings import Settings
 from server.upstream.base import Upstream, UpstreamConfig
 from server.upstream.hermes import HermesUpstream
+from server.upstream.lmstudio import LMStudioUpstream
 
 DEFAULT_PROFILE = "default"
 
@@ -42,9 +43,11 @@ class Upstreams:
                 read_timeout=s.upstream_idle_timeout_s + 5,
                 retry_backoff=s.upstream_retry_backoff_ms / 1000,
             )
+        if config.kind == "lmstudio":
+            return LMStudioUpstream(config, connect_timeout=s.upstream_connect_timeout_s)
         raise ConfigError(
             f"upstream kind {config.kind!r} of profile {config.name!r} is not supported by "
-            "this version (supported: hermes)"
+            "this version (supported: hermes, lmstudio)"
         )
 
     def get(self, profile: str) -> Upstream:
@@ -60,3 +63,8 @@ class Upstreams:
 
     def all(self) -> list[Upstream]:
         return list(self._adapters.values())
+
+    async def aclose(self) -> None:
+        """Release what every adapter holds (SDK clients, websockets)."""
+        for adapter in self._adapters.values():
+            await adapter.aclose()
