@@ -137,7 +137,8 @@ async def test_abort_cancels_the_prediction_within_250_ms_and_is_not_retried(
     cancelled = await tab.wait_event("run.cancelled", run_id=run_id)
     prediction = lmstudio.predictions[0]
     assert prediction.cancelled_at is not None
-    assert prediction.cancelled_at - asked < 0.25
+    latency = prediction.cancelled_at - asked
+    assert latency < 0.25
     done = await tab.wait_event("abort.completed", run_id=run_id)
     assert done["synced"] is True
     assert cancelled["run_id"] == run_id
@@ -274,6 +275,7 @@ async def test_context_length_is_asked_once_per_model(lmstudio: FakeLMStudio) ->
 
 async def test_ensure_model_loads_it_reporting_progress(lmstudio: FakeLMStudio) -> None:
     lmstudio.loaded = set()
+    lmstudio.load_faults = ["cancel"]  # the first load loses to a concurrent one: retried
     lmstudio.downloaded["other-model"] = 2048
     upstream = adapter(lmstudio.url)
     progress: list[float] = []
@@ -282,7 +284,7 @@ async def test_ensure_model_loads_it_reporting_progress(lmstudio: FakeLMStudio) 
         assert progress == [0.0, 0.25, 0.5, 0.75, 1.0]
         assert lmstudio.loaded == {"fake-model"}
         assert await upstream.ensure_model(progress.append) == "fake-model"  # loaded: used
-        assert lmstudio.count("getOrLoad") == 2 and len(progress) == 5
+        assert lmstudio.count("getOrLoad") == 3 and len(progress) == 5
         assert await upstream.health() == "ready"
     finally:
         await upstream.aclose()

@@ -376,7 +376,7 @@ class LMStudioRun:
         self._chat = chat
         self._config = config
         self._model = model
-        self.upstream_run_id: str | None = None
+        self.upstream_run_id: str | None = None  # LM Studio predictions have no id of their own
         self._conn: _Connection | None = None
         self._stream: AsyncPredictionStream | None = None
         self._attempts = 0
@@ -412,7 +412,6 @@ class LMStudioRun:
         except Exception as exc:
             raise self._failed(exc) from None
         self._stream = stream
-        self.upstream_run_id = handle.identifier
 
     def _failed(self, exc: Exception) -> UpstreamError:
         error = translate(exc, self._upstream.config.url)

@@ -14,7 +14,8 @@ channel: each prediction is driven by a script (an async function of a ``FakePre
 sends fragments, reasoning fragments and the final ``success`` with stats; a ``cancel`` sent on
 the channel is recorded with its time and ends the prediction with ``stopReason: userStopped``.
 Faults are queued per prediction in ``faults`` (``close`` the socket before the first token,
-``dispose`` the model handle); ``refuse_auth`` refuses the SDK's auth message.
+``dispose`` the model handle), ``load_faults`` per model load (``cancel``: a concurrent load
+won); ``refuse_auth`` refuses the SDK's auth message.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class FakeLMStudio:
         self.loaded: set[str] = {"fake-model"}
         self.load_steps = (0.25, 0.5, 0.75)
         self.faults: list[str] = []  # per prediction, in order: "close", "dispose"
+        self.load_faults: list[str] = []  # per model load: "cancel" (a concurrent load won)
         self.refuse_auth = False
         self.predictions: list[FakePrediction] = []
         self.calls: list[tuple[str, str]] = []  # (namespace, endpoint) of RPCs and channels
@@ -295,6 +297,10 @@ class FakeLMStudio:
 
         if key in self.loaded:
             await send({"type": "alreadyLoaded", "info": _instance(key)})
+        elif key in self.downloaded and self.load_faults and self.load_faults.pop(0) == "cancel":
+            error = _error("Model loading was cancelled by another load of the same model")
+            await socket.send({"type": "channelError", "channelId": channel_id, "error": error})
+            return
         elif key in self.downloaded:
             await send({"type": "startLoading", "identifier": key})
             for step in self.load_steps:
