@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from server.errors import ConfigError, UpstreamCode, UpstreamError
-from server.upstream.base import Sampling, UpstreamConfig
-from server.upstream.lmstudio import LMStudioUpstream, api_host
+from server.upstream.base import Sampling, UpstreamConfig, UpstreamRequest
+from server.upstream.lmstudio import LMStudioUpstream, api_host, build_chat
 from tests.conftest import TabFactory
 from tests.fakes.lmstudio import DEFAULT_WORDS, FakeLMStudio, FakePrediction
 from tests.helpers import ChatrunServer, Tab, make_settings
@@ -309,6 +309,27 @@ async def test_health_is_unreachable_when_nothing_listens() -> None:
         assert await upstream.health() == "unreachable"
     finally:
         await upstream.aclose()
+
+
+def test_chat_has_the_summary_in_the_system_prompt_and_no_repeated_roles() -> None:
+    request = UpstreamRequest(
+        session_id="s",
+        input=[{"type": "text", "text": "third"}],
+        history=[("user", "first"), ("user", "second"), ("assistant", ""), ("assistant", "ok")],
+        instructions="Be brief.",
+        model=None,
+        context_summary="Summary of earlier turns: greetings.",
+    )
+    messages = [
+        (m["role"], "".join(part["text"] for part in m["content"]))
+        for m in build_chat(request)._get_history_for_prediction()["messages"]
+    ]
+    assert messages == [
+        ("system", "Be brief.\n\nSummary of earlier turns: greetings."),
+        ("user", "first\n\nsecond"),
+        ("assistant", "ok"),
+        ("user", "third"),
+    ]
 
 
 def test_url_forms() -> None:

@@ -412,6 +412,8 @@ class LMStudioRun:
         except Exception as exc:
             raise self._failed(exc) from None
         self._stream = stream
+        if self._aborted:  # the abort came while this attempt was being set up
+            await self.stop()
 
     def _failed(self, exc: Exception) -> UpstreamError:
         error = translate(exc, self._upstream.config.url)
