@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from server.errors import ConfigError, UpstreamCode, UpstreamError
@@ -260,6 +261,26 @@ async def test_sampling_and_draft_model_reach_the_prediction_config(
         "llm.prediction.stopStrings": ["<|end|>"],
         "llm.prediction.speculativeDecoding.draftModel": "tiny-draft",
     }
+
+
+async def test_healthz_probes_lmstudio_and_shutdown_closes_the_sdk_client(
+    server: ChatrunServer, lmstudio: FakeLMStudio, tab: Tab
+) -> None:
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
+        body = await response.json()
+    assert body["upstreams"]["default"] == {
+        "kind": "lmstudio",
+        "url": lmstudio.url,
+        "state": "ready",
+    }
+    _, name, _ = await run_once(tab, "lm-close")
+    assert name == "run.completed"
+    assert lmstudio.open_sockets > 0
+    await tab.close()
+    await server.stop()
+    async with asyncio.timeout(5):
+        while lmstudio.open_sockets:
+            await asyncio.sleep(0.02)
 
 
 async def test_context_length_is_asked_once_per_model(lmstudio: FakeLMStudio) -> None:

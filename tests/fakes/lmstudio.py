@@ -218,6 +218,10 @@ class FakeLMStudio:
             await self._changed.wait_for(lambda: len(self.predictions) >= n)
         return self.predictions[n - 1]
 
+    @property
+    def open_sockets(self) -> int:
+        return len(self._sockets)
+
     def count(self, endpoint: str) -> int:
         return sum(1 for _, name in self.calls if name == endpoint)
 
