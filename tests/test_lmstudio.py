@@ -147,6 +147,25 @@ async def test_abort_cancels_the_prediction_within_250_ms_and_is_not_retried(
     assert len(lmstudio.predictions) == 1  # an abort is never retried
 
 
+async def test_abort_while_a_retry_reconnects_starts_no_new_prediction(
+    server: ChatrunServer, lmstudio: FakeLMStudio, tab: Tab
+) -> None:
+    lmstudio.faults = ["close"]
+    lmstudio.reconnect_delay = 0.5
+    ack = await tab.call("run", {"session_id": "lm-abort-retry", "input": "Hi"})
+    run_id = ack["run_id"]
+    await tab.wait_event("run.started", run_id=run_id)
+    await lmstudio.wait_for_prediction(1)
+    await asyncio.sleep(0.05)  # the failure is seen; the retry is waiting for the new client
+    assert await tab.call("abort", {"session_id": "lm-abort-retry"}) == {
+        "ok": True,
+        "aborting": True,
+    }
+    await tab.wait_event("run.cancelled", run_id=run_id)
+    await asyncio.sleep(0.6)  # past the slow reconnection
+    assert len(lmstudio.predictions) == 1
+
+
 @pytest.mark.parametrize("fault", ["close", "dispose"])
 async def test_transient_failure_before_a_token_is_retried_once(
     server: ChatrunServer, lmstudio: FakeLMStudio, tab: Tab, fault: str

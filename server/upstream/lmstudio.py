@@ -403,6 +403,8 @@ class LMStudioRun:
         self._attempts += 1
         await self._let_go()
         conn = self._conn = await up._acquire()
+        if self._aborted:  # aborted while a retry was connecting: start nothing
+            return
         try:
             handle = await up._model(conn, self._model)
             stream = await handle.respond_stream(self._chat, config=self._config)
@@ -423,6 +425,9 @@ class LMStudioRun:
 
     async def events(self) -> AsyncIterator[UpstreamEvent]:
         while True:
+            if self._stream is None:  # aborted before the retry started a prediction
+                yield Cancelled()
+                return
             try:
                 async for event in self._predict():
                     yield event

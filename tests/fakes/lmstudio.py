@@ -15,7 +15,8 @@ sends fragments, reasoning fragments and the final ``success`` with stats; a ``c
 the channel is recorded with its time and ends the prediction with ``stopReason: userStopped``.
 Faults are queued per prediction in ``faults`` (``close`` the socket before the first token,
 ``dispose`` the model handle), ``load_faults`` per model load (``cancel``: a concurrent load
-won); ``refuse_auth`` refuses the SDK's auth message.
+won); ``refuse_auth`` refuses the SDK's auth message; ``reconnect_delay`` slows the reconnection
+after a ``close``.
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ class FakeLMStudio:
         self.faults: list[str] = []  # per prediction, in order: "close", "dispose"
         self.load_faults: list[str] = []  # per model load: "cancel" (a concurrent load won)
         self.refuse_auth = False
+        self.reconnect_delay = 0.0  # after a "close" fault, the next greeting waits this long
+        self._slow_greeting = False
         self.predictions: list[FakePrediction] = []
         self.calls: list[tuple[str, str]] = []  # (namespace, endpoint) of RPCs and channels
         self.connections = 0
@@ -228,6 +231,9 @@ class FakeLMStudio:
     # -- wire ---------------------------------------------------------------------------------
 
     async def _greeting(self, request: web.Request) -> web.Response:
+        if self._slow_greeting:
+            self._slow_greeting = False
+            await asyncio.sleep(self.reconnect_delay)
         return web.json_response({"lmstudio": True})
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
@@ -326,6 +332,7 @@ class FakeLMStudio:
             self._changed.notify_all()
         fault = self.faults.pop(0) if self.faults else None
         if fault == "close":
+            self._slow_greeting = self.reconnect_delay > 0
             await socket.ws.close()
             return
         if fault == "dispose":
