@@ -25,7 +25,7 @@ MAX_STOP_CHARS = 64
 URL_SCHEMES = {
     "hermes": ("http", "https"),
     "openai": ("http", "https"),
-    "lmstudio": ("http", "https", "ws", "wss"),
+    "lmstudio": ("http", "ws"),
 }
 EDITABLE = (
     "kind",

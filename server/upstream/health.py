@@ -76,11 +76,12 @@ class UpstreamHealth:
 
     # -- what runs report ---------------------------------------------------------------------
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, *, degraded: bool = False) -> None:
         health = self.get(name)
         if health.state == UNREACHABLE:
             log.info("upstream %r is reachable again", name)
-        self._set(name, health, self._reachable_state(name), "")
+        state = DEGRADED if degraded else self._reachable_state(name)
+        self._set(name, health, state, "reachable, but it refused the probe" if degraded else "")
         health.failures = 0
         health.next_probe = time.monotonic() + self.settings.upstream_probe_interval_s
 
@@ -127,7 +128,7 @@ class UpstreamHealth:
                 name, health, f"no answer from {adapter.config.url} (probe {PROBE_TIMEOUT:g} s)."
             )
         else:
-            self.succeeded(name)
+            self.succeeded(name, degraded=state == DEGRADED)
         return health
 
     def _reachable_state(self, name: str) -> str:

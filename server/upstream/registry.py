@@ -22,11 +22,12 @@ from server.settings import Settings
 from server.upstream.base import Upstream, UpstreamConfig
 from server.upstream.configs import config_from_record, default_record
 from server.upstream.hermes import HermesUpstream
+from server.upstream.lmstudio import LMStudioUpstream
 
 log = logging.getLogger("chatrun.upstream")
 
 DEFAULT_PROFILE = "default"
-KINDS = ("hermes",)
+KINDS = ("hermes", "lmstudio")
 
 
 class Upstreams:
@@ -140,6 +141,8 @@ class Upstreams:
                 read_timeout=s.upstream_idle_timeout_s + 5,
                 retry_backoff=s.upstream_retry_backoff_ms / 1000,
             )
+        if config.kind == "lmstudio":
+            return LMStudioUpstream(config, connect_timeout=s.upstream_connect_timeout_s)
         raise ConfigError(
             f"upstream kind {config.kind!r} is not supported by this version "
             f"(supported: {', '.join(KINDS)})"
