@@ -32,7 +32,7 @@ from server.flusher import Flusher
 from server.metrics import Metrics
 from server.sessions import SEQ_BLOCK, ActiveRun, SessionHub, SessionState
 from server.settings import Settings
-from server.tasks import TaskSet
+from server.tasks import IdleWatch, TaskSet
 from server.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.transcript import MessageStatus, Transcript
 from server.upstream.base import (
@@ -564,20 +564,26 @@ class RunManager:
         idle = self.settings.upstream_idle_timeout_s
         open_tools: dict[str, list[str]] = {}
         events: AsyncIterator[UpstreamEvent] = handle.events()
+        task = asyncio.current_task()
+        assert task is not None
+        watch = IdleWatch(idle, task)
         try:
             while True:
                 try:
-                    async with asyncio.timeout(idle):
-                        event = await anext(events)
-                except TimeoutError:
-                    raise UpstreamError(
-                        f"The upstream sent nothing for {idle:g} s", UpstreamCode.TIMEOUT
-                    ) from None
+                    event = await anext(events)
                 except StopAsyncIteration:
                     raise UpstreamError(
                         "The upstream event stream ended before the run finished",
                         UpstreamCode.DISCONNECTED,
                     ) from None
+                except asyncio.CancelledError:
+                    if not watch.expired or active.aborting:
+                        raise
+                    task.uncancel()
+                    raise UpstreamError(
+                        f"The upstream sent nothing for {idle:g} s", UpstreamCode.TIMEOUT
+                    ) from None
+                watch.last = watch.now()
                 publish = self.hub.publish
                 if isinstance(event, TextDelta):
                     if event.text:
@@ -641,6 +647,7 @@ class RunManager:
                     active.stop_confirmed = active.aborting
                     return Outcome(RunStatus.CANCELLED)
         finally:
+            watch.close()
             closer = getattr(events, "aclose", None)
             if closer is not None:
                 with contextlib.suppress(Exception):

@@ -40,3 +40,33 @@ class TaskSet:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class IdleWatch:
+    """Cancels a task that reports no progress for ``idle`` seconds.
+
+    One timer per watched task, re-armed only when it fires early, so reporting progress is an
+    attribute write (``watch.last = watch.now()``) instead of a timeout context per event.
+    """
+
+    __slots__ = ("_handle", "_idle", "_loop", "_task", "expired", "last", "now")
+
+    def __init__(self, idle: float, task: asyncio.Task[Any]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle = idle
+        self._task = task
+        self.now = self._loop.time
+        self.last = self.now()
+        self.expired = False
+        self._handle = self._loop.call_at(self.last + idle, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self._idle
+        if self.now() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self.expired = True
+        self._task.cancel()
+
+    def close(self) -> None:
+        self._handle.cancel()
