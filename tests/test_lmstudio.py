@@ -15,6 +15,7 @@ import pytest
 from server.errors import ConfigError, UpstreamCode, UpstreamError
 from server.upstream.base import UpstreamConfig, UpstreamRequest
 from server.upstream.lmstudio import LMStudioUpstream, api_host, build_chat
+from server.upstream.profiles import profile_for
 from tests.conftest import TabFactory
 from tests.fakes.lmstudio import DEFAULT_WORDS, FakeLMStudio, FakePrediction
 from tests.helpers import ChatrunServer, Tab, make_settings
@@ -358,6 +359,9 @@ async def test_health_is_unreachable_when_nothing_listens() -> None:
         await upstream.aclose()
 
 
+CONFIG = UpstreamConfig(name="lm", kind="lmstudio", url="http://127.0.0.1:1234", model="m")
+
+
 def test_chat_has_the_summary_in_the_system_prompt_and_no_repeated_roles() -> None:
     request = UpstreamRequest(
         session_id="s",
@@ -369,7 +373,7 @@ def test_chat_has_the_summary_in_the_system_prompt_and_no_repeated_roles() -> No
     )
     messages = [
         (m["role"], "".join(part["text"] for part in m["content"]))
-        for m in build_chat(request)._get_history_for_prediction()["messages"]
+        for m in build_chat(request, profile_for(CONFIG))._get_history_for_prediction()["messages"]
     ]
     assert messages == [
         ("system", "Be brief.\n\nSummary of earlier turns: greetings."),
@@ -377,6 +381,31 @@ def test_chat_has_the_summary_in_the_system_prompt_and_no_repeated_roles() -> No
         ("assistant", "ok"),
         ("user", "third"),
     ]
+    # a model without a system role (gemma) gets it folded into the first user message
+    gemma = profile_for(CONFIG, "gemma-2-9b-it")
+    folded = build_chat(request, gemma)._get_history_for_prediction()["messages"]
+    assert [m["role"] for m in folded] == ["user", "assistant", "user"]
+    first = "".join(part["text"] for part in folded[0]["content"])
+    assert first.startswith("Be brief.\n\nSummary of earlier turns") and first.endswith("second")
+
+
+async def test_leaked_markers_are_cleaned_on_the_stream_and_a_runaway_turn_is_cancelled(
+    server: ChatrunServer, lmstudio: FakeLMStudio, tab: Tab
+) -> None:
+    async def leaky(p: FakePrediction) -> None:
+        for piece in ("assistant: Hel", "lo<|im_", "end|> there.\nUs", "er: next?"):
+            await p.fragment(piece)
+        await p.wait_cancel(5)
+
+    lmstudio.script = leaky
+    run_id, name, done = await run_once(tab, "lm-clean")
+    assert name == "run.completed" and done["output"] == "Hello there."
+    assert tab.text(run_id) == "Hello there."
+    assert lmstudio.predictions[0].cancelled.is_set()
+    rows = server.query(
+        "SELECT content FROM messages WHERE run_id = ? AND role='assistant'", run_id
+    )
+    assert rows[0]["content"] == "Hello there."
 
 
 def test_url_forms() -> None:

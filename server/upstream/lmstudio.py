@@ -43,6 +43,7 @@ from server.upstream.base import (
     UpstreamEvent,
     UpstreamRequest,
 )
+from server.upstream.profiles import ModelProfile, StreamCleaner, profile_for
 
 log = logging.getLogger("chatrun.upstream.lmstudio")
 T = TypeVar("T")
@@ -140,8 +141,9 @@ def unreachable(url: str, exc: BaseException | None = None) -> UpstreamError:
     )
 
 
-def build_chat(request: UpstreamRequest) -> Chat:
-    """System prompt (instructions, then the context summary), the history, then the input."""
+def build_chat(request: UpstreamRequest, profile: ModelProfile) -> Chat:
+    """System prompt (instructions, then the context summary), the history, then the input;
+    folded into the first user message when the model has no system role."""
     system = "\n\n".join(p for p in (request.instructions, request.context_summary) if p)
     turns: list[tuple[str, str]] = []
     text = request.input if isinstance(request.input, str) else input_text(request.input)
@@ -153,6 +155,10 @@ def build_chat(request: UpstreamRequest) -> Chat:
             turns[-1] = (kind, f"{turns[-1][1]}\n\n{content}")
         else:
             turns.append((kind, content))
+    if system and not profile.system_role:
+        index = next(i for i, (kind, _) in enumerate(turns) if kind == "user")
+        turns[index] = ("user", f"{system}\n\n---\n\n{turns[index][1]}")
+        system = ""
     chat = Chat(system) if system else Chat()
     for kind, content in turns:
         if kind == "user":
@@ -162,12 +168,12 @@ def build_chat(request: UpstreamRequest) -> Chat:
     return chat
 
 
-def prediction_config(config: UpstreamConfig) -> LlmPredictionConfig:
-    """The SDK prediction config: sampling, stop strings and the draft model."""
-    out: dict[str, Any] = {SAMPLING_NAMES[k]: v for k, v in config.sampling.as_dict().items()}
-    stop = config.overrides.get("stop")
-    if isinstance(stop, list) and stop and all(isinstance(s, str) for s in stop):
-        out["stopStrings"] = list(stop)
+def prediction_config(config: UpstreamConfig, profile: ModelProfile) -> LlmPredictionConfig:
+    """The SDK prediction config: the profile's sampling (the config's over the family's),
+    its stop strings, and the draft model."""
+    out: dict[str, Any] = {SAMPLING_NAMES[k]: v for k, v in profile.sampling.as_dict().items()}
+    if profile.stop:
+        out["stopStrings"] = list(profile.stop)
     if config.draft_model:
         out["draftModel"] = config.draft_model
     return LlmPredictionConfig.from_dict(cast(LlmPredictionConfigDict, out))
@@ -301,7 +307,14 @@ class LMStudioUpstream:
 
     async def start(self, request: UpstreamRequest) -> LMStudioRun:
         model = request.model or self.config.model
-        run = LMStudioRun(self, build_chat(request), prediction_config(self.config), model)
+        profile = profile_for(self.config, model)
+        run = LMStudioRun(
+            self,
+            build_chat(request, profile),
+            prediction_config(self.config, profile),
+            model,
+            StreamCleaner(profile),
+        )
         await run.open()
         return run
 
@@ -374,9 +387,15 @@ class LMStudioUpstream:
 
 class LMStudioRun:
     def __init__(
-        self, upstream: LMStudioUpstream, chat: Chat, config: LlmPredictionConfig, model: str
+        self,
+        upstream: LMStudioUpstream,
+        chat: Chat,
+        config: LlmPredictionConfig,
+        model: str,
+        cleaner: StreamCleaner,
     ) -> None:
         self._upstream = upstream
+        self.cleaner = cleaner
         self._chat = chat
         self._config = config
         self._model = model
@@ -458,9 +477,22 @@ class LMStudioRun:
                     self._streamed = True
                     if fragment.reasoning_type == "reasoning":
                         yield ReasoningDelta(fragment.content)
-                    else:
-                        text.append(fragment.content)
-                        yield TextDelta(fragment.content)
+                        continue
+                    for event in self.cleaner.feed(fragment.content):
+                        if isinstance(event, TextDelta):
+                            text.append(event.text)
+                        yield event
+                    if self.cleaner.runaway:  # the model went on with a turn of its own
+                        break
+                if self.cleaner.runaway:
+                    with contextlib.suppress(Exception):
+                        await stream.cancel()
+                    yield Completed(output="".join(text), finish_reason="stop")
+                    return
+                for event in self.cleaner.finish():
+                    if isinstance(event, TextDelta):
+                        text.append(event.text)
+                    yield event
                 result = stream.result()
         except asyncio.CancelledError:
             raise

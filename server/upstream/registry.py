@@ -23,11 +23,12 @@ from server.upstream.base import Upstream, UpstreamConfig
 from server.upstream.configs import config_from_record, default_record
 from server.upstream.hermes import HermesUpstream
 from server.upstream.lmstudio import LMStudioUpstream
+from server.upstream.openai_compat import OpenAIUpstream
 
 log = logging.getLogger("chatrun.upstream")
 
 DEFAULT_PROFILE = "default"
-KINDS = ("hermes", "lmstudio")
+KINDS = ("hermes", "openai", "lmstudio")
 
 
 class Upstreams:
@@ -135,6 +136,14 @@ class Upstreams:
         s = self.settings
         if config.kind == "hermes":
             return HermesUpstream(
+                config,
+                self._client,
+                connect_timeout=s.upstream_connect_timeout_s,
+                read_timeout=s.upstream_idle_timeout_s + 5,
+                retry_backoff=s.upstream_retry_backoff_ms / 1000,
+            )
+        if config.kind == "openai":
+            return OpenAIUpstream(
                 config,
                 self._client,
                 connect_timeout=s.upstream_connect_timeout_s,

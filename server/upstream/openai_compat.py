@@ -1,0 +1,332 @@
+"""Any OpenAI-compatible server (vLLM, llama.cpp, Ollama, LM Studio's REST server, OpenAI,
+OpenRouter): ``POST {base}/chat/completions`` streamed over SSE.
+
+Abort closes the stream (there is no stop endpoint); the server stops generating when its
+client goes away. Output goes through the model profile's stream clean-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import SSEError, aconnect_sse
+
+from server.errors import UpstreamCode, UpstreamError
+from server.upstream.base import (
+    Cancelled,
+    Completed,
+    ReasoningDelta,
+    TextDelta,
+    UpstreamConfig,
+    UpstreamEvent,
+    UpstreamRequest,
+)
+from server.upstream.hermes import http_error, transport_error
+from server.upstream.profiles import ModelProfile, StreamCleaner, build_messages, profile_for
+
+log = logging.getLogger("chatrun.upstream.openai")
+
+# base.Sampling → request fields. top_k, min_p and repeat_penalty are not OpenAI fields; vLLM,
+# llama.cpp, Ollama and LM Studio accept them as extra body fields (vLLM calls the penalty
+# ``repetition_penalty``, the others ``repeat_penalty``: both are sent).
+WIRE_NAMES = {
+    "temperature": ("temperature",),
+    "top_p": ("top_p",),
+    "max_tokens": ("max_tokens",),
+    "top_k": ("top_k",),
+    "min_p": ("min_p",),
+    "repeat_penalty": ("repeat_penalty", "repetition_penalty"),
+}
+CONTEXT_FIELDS = ("max_model_len", "context_length", "max_context_length", "n_ctx", "n_ctx_train")
+MODELS_TTL = 60.0
+
+
+class OpenAIUpstream:
+    kind = "openai"
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        client: httpx.AsyncClient,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        retry_backoff: float,
+    ) -> None:
+        self.config = config
+        self._client = client
+        self._base = config.url.rstrip("/")
+        self._timeout = httpx.Timeout(connect_timeout)
+        self._stream_timeout = httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
+        )
+        self._retry_backoff = retry_backoff
+        self._models: tuple[float, list[dict[str, Any]]] | None = None
+        self._context: dict[str, int | None] = {}
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
+    def profile(self, model: str | None = None) -> ModelProfile:
+        return profile_for(self.config, model or self.config.model)
+
+    def request_body(self, request: UpstreamRequest) -> dict[str, Any]:
+        model = request.model or self.config.model
+        profile = self.profile(model)
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": build_messages(request, profile),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if profile.stop:
+            body["stop"] = list(profile.stop)[:4]  # OpenAI takes at most four
+        for name, value in profile.sampling.as_dict().items():
+            for wire in WIRE_NAMES[name]:
+                body[wire] = value
+        return body
+
+    async def start(self, request: UpstreamRequest) -> OpenAIRun:
+        body = self.request_body(request)
+        run = OpenAIRun(self, body, self.profile(body["model"]))
+        try:
+            await run.open()
+        except UpstreamError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("chat request to %s failed (%s); retrying once", self._base, exc.code)
+            await asyncio.sleep(self._retry_backoff)
+            run = OpenAIRun(self, body, self.profile(body["model"]))
+            await run.open()
+        return run
+
+    async def _list_models(self) -> list[dict[str, Any]]:
+        cached = self._models
+        if cached is not None and time.monotonic() - cached[0] < MODELS_TTL:
+            return cached[1]
+        try:
+            response = await self._client.get(
+                f"{self._base}/models", headers=self._headers(), timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._base) from None
+        if response.status_code != 200:
+            raise http_error(response.status_code, response.text, "models list (/models)")
+        try:
+            data = response.json()
+            models = [
+                m for m in data["data"] if isinstance(m, dict) and isinstance(m.get("id"), str)
+            ]
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamError(
+                "The upstream's /models answer is not an OpenAI model list", UpstreamCode.PROTOCOL
+            ) from None
+        self._models = (time.monotonic(), models)
+        return models
+
+    async def health(self) -> str:
+        try:
+            await self._list_models()
+        except UpstreamError as exc:
+            return "unreachable" if exc.code == UpstreamCode.UNAVAILABLE else "degraded"
+        return "ready"
+
+    async def ensure_model(self, on_progress: Callable[[float], None] | None = None) -> str:
+        models = await self._list_models()
+        ids = [m["id"] for m in models]
+        if not self.config.model:
+            if not ids:
+                raise UpstreamError("The upstream lists no models", UpstreamCode.NOT_FOUND)
+            return str(ids[0])
+        if self.config.model not in ids:
+            raise UpstreamError(
+                f"The upstream has no model {self.config.model!r} "
+                f"(it has: {', '.join(ids[:20]) or 'none'})",
+                UpstreamCode.NOT_FOUND,
+            )
+        if on_progress is not None:
+            on_progress(1.0)
+        return self.config.model
+
+    async def context_length(self) -> int | None:
+        model = self.config.model
+        if model in self._context:
+            return self._context[model]
+        models = await self._list_models()
+        entry = next((m for m in models if m["id"] == model), models[0] if models else None)
+        length = _context_of(entry) if entry is not None else None
+        self._context[model] = length
+        return length
+
+    async def aclose(self) -> None:
+        return None  # the shared HTTP client is closed by the app
+
+
+def _context_of(entry: dict[str, Any]) -> int | None:
+    """The context window a ``/models`` entry reports (vLLM, LM Studio, OpenRouter,
+    llama.cpp put it in different places)."""
+    places = [entry, entry.get("meta"), entry.get("top_provider")]
+    for place in places:
+        if not isinstance(place, dict):
+            continue
+        for field in CONTEXT_FIELDS:
+            value = place.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+class OpenAIRun:
+    """One streamed chat completion."""
+
+    def __init__(self, upstream: OpenAIUpstream, body: dict[str, Any], profile: ModelProfile):
+        self._upstream = upstream
+        self._body = body
+        self._cleaner = StreamCleaner(profile)
+        self._text: list[str] = []  # the answer as emitted (cleaned)
+        self.upstream_run_id: str | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._source: Any = None
+        self._stopped = False
+
+    async def open(self) -> None:
+        """Send the request and wait for the answer's headers (errors raise here)."""
+        up = self._upstream
+        try:
+            self._source = await self._stack.enter_async_context(
+                aconnect_sse(
+                    up._client,
+                    "POST",
+                    f"{up._base}/chat/completions",
+                    json=self._body,
+                    headers=up._headers(),
+                    timeout=up._stream_timeout,
+                )
+            )
+        except httpx.HTTPError as exc:
+            await self._stack.aclose()
+            raise transport_error(exc, up._base) from None
+        response = self._source.response
+        if response.status_code != 200:
+            await response.aread()
+            text = response.text
+            await self._stack.aclose()
+            raise http_error(response.status_code, text, "chat completions API")
+
+    async def events(self) -> AsyncIterator[UpstreamEvent]:
+        up = self._upstream
+        usage: dict[str, int] | None = None
+        finish: str | None = None
+        done = runaway = False
+        try:
+            async for sse in self._source.aiter_sse():
+                if not sse.data:
+                    continue
+                if sse.data.strip() == "[DONE]":
+                    done = True
+                    break
+                chunk = _chunk(sse.data)
+                if self.upstream_run_id is None and isinstance(chunk.get("id"), str):
+                    self.upstream_run_id = chunk["id"]
+                usage = _usage(chunk.get("usage")) or usage
+                for choice in chunk.get("choices") or ():
+                    if not isinstance(choice, dict):
+                        continue
+                    delta = choice.get("delta") or {}
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(reasoning, str) and reasoning:
+                        yield ReasoningDelta(reasoning)
+                    content = delta.get("content")
+                    if isinstance(content, str) and content:
+                        for event in self._cleaned(self._cleaner.feed(content)):
+                            yield event
+                        runaway = self._cleaner.runaway
+                    if isinstance(choice.get("finish_reason"), str):
+                        finish = choice["finish_reason"]
+                if runaway:
+                    break
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            if not self._stopped:
+                if isinstance(exc, SSEError):
+                    raise UpstreamError(
+                        f"The upstream's answer is not an event stream: {exc}",
+                        UpstreamCode.PROTOCOL,
+                    ) from None
+                if isinstance(exc, httpx.HTTPError):
+                    raise transport_error(exc, up._base) from None
+                raise
+        if self._stopped:
+            yield Cancelled()
+            return
+        if runaway:  # the model went on with a turn of its own: the answer ends here
+            await self.aclose()
+            yield Completed(output="".join(self._text), usage=usage, finish_reason="stop")
+            return
+        if done or finish is not None:  # some servers end without [DONE]
+            for event in self._cleaned(self._cleaner.finish()):
+                yield event
+            yield Completed(output="".join(self._text), usage=usage, finish_reason=finish or "stop")
+            return
+        raise UpstreamError(
+            "The upstream event stream ended before the answer finished",
+            UpstreamCode.DISCONNECTED,
+        )
+
+    def _cleaned(
+        self, events: list[TextDelta | ReasoningDelta]
+    ) -> list[TextDelta | ReasoningDelta]:
+        self._text.extend(e.text for e in events if isinstance(e, TextDelta))
+        return events
+
+    async def stop(self) -> bool:
+        """Close the stream at once: the server stops generating when its client goes away."""
+        self._stopped = True
+        await self.aclose()
+        return True
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+
+def _chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except ValueError:
+        raise UpstreamError(
+            f"The upstream sent a malformed chunk: {data[:80]!r}", UpstreamCode.PROTOCOL
+        ) from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError(
+            f"The upstream sent a malformed chunk: {data[:80]!r}", UpstreamCode.PROTOCOL
+        )
+    error = chunk.get("error")
+    if error:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise UpstreamError(f"The upstream reported an error: {message}", UpstreamCode.ERROR)
+    return chunk
+
+
+def _usage(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    total = value.get("total_tokens")
+    return {
+        "input_tokens": prompt,
+        "output_tokens": completion,
+        "total_tokens": total if isinstance(total, int) else prompt + completion,
+    }
