@@ -25,7 +25,9 @@ from server.events import Limits
 from server.flusher import Flusher
 from server.http.admin import AdminApi
 from server.http.api import SessionApi, api_errors
+from server.http.cors import cors_middleware, socketio_origins
 from server.http.static import add_static_routes, security_headers
+from server.limits import UserLimits
 from server.metrics import Metrics
 from server.namespace import ChatRunNamespace
 from server.runs import RunManager
@@ -108,7 +110,17 @@ class Chatrun:
             self.metrics,
             self.tokens,
         )
-        self.namespace = ChatRunNamespace(self.auth, self.runs, self.hub, self.limits)
+        self.namespace = ChatRunNamespace(
+            self.auth,
+            self.runs,
+            self.hub,
+            self.limits,
+            UserLimits(
+                self.settings.rate_runs_per_min,
+                self.settings.rate_runs_burst,
+                self.settings.max_connections_per_user,
+            ),
+        )
         self.metrics.bind(
             sockets=lambda: len(self.namespace.connections) if self.namespace else 0,
             active_runs=self.runs.active_runs,
@@ -132,7 +144,8 @@ def create_app(
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=client_manager,
-        max_http_buffer_size=max(1_000_000, settings.max_input_chars * 4 + 65_536),
+        max_http_buffer_size=settings.message_bytes,
+        cors_allowed_origins=socketio_origins(settings),
         logger=False,
         engineio_logger=False,
     )
@@ -143,7 +156,7 @@ def create_app(
         eventlog or MemoryEventLog(settings.retained_events),
         tokens or TokenCounter(),
     )
-    app = web.Application(middlewares=[api_errors, security_headers])
+    app = web.Application(middlewares=[cors_middleware(settings), api_errors, security_headers])
     app[CHATRUN] = chatrun
     sio.attach(app)
     app.router.add_get("/healthz", healthz)

@@ -12,7 +12,7 @@ import socketio
 
 from db.records import UserRecord
 from server.auth import Authenticator
-from server.errors import BadRequest, ChatrunError
+from server.errors import BadRequest, ChatrunError, RateLimited
 from server.events import (
     CancelQueuedPayload,
     Limits,
@@ -20,6 +20,7 @@ from server.events import (
     RunPayload,
     SessionPayload,
 )
+from server.limits import UserLimits
 from server.runs import RunManager
 from server.sessions import NAMESPACE, SessionHub
 
@@ -39,13 +40,19 @@ Handler = Callable[[str, Connection, Any], Awaitable[dict[str, Any]]]
 
 class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(
-        self, auth: Authenticator, runs: RunManager, hub: SessionHub, limits: Limits
+        self,
+        auth: Authenticator,
+        runs: RunManager,
+        hub: SessionHub,
+        limits: Limits,
+        user_limits: UserLimits,
     ) -> None:
         super().__init__(NAMESPACE)
         self.auth = auth
         self.runs = runs
         self.hub = hub
         self.limits = limits
+        self.user_limits = user_limits
         self.connections: dict[str, Connection] = {}
         self._handlers: dict[str, Handler] = {
             "run": self._run,
@@ -81,17 +88,26 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         user = await self.auth.authenticate(token)
         if user is None:
             raise socketio.exceptions.ConnectionRefusedError("Authentication failed")
+        try:
+            self.user_limits.connect(user.id)
+        except RateLimited as exc:
+            raise socketio.exceptions.ConnectionRefusedError(
+                exc.message, {"code": exc.code}
+            ) from None
         query = parse_qs(environ.get("QUERY_STRING", ""))
         profile = (query.get("profile") or [""])[0][:MAX_PROFILE_CHARS]
         self.connections[sid] = Connection(user, profile or None)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        self.connections.pop(sid, None)
+        connection = self.connections.pop(sid, None)
+        if connection is not None:
+            self.user_limits.disconnect(connection.user.id)
 
     # -- events -------------------------------------------------------------------------------
 
     async def _run(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
         request = RunPayload.from_payload(payload, self.limits)
+        self.user_limits.take_run(conn.user.id)
         return await self.runs.submit(conn.user, conn.profile, request, sid)
 
     async def _cancel_queued_run(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:

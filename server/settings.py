@@ -86,6 +86,19 @@ class Settings:
     metrics_token: str = _setting(
         "", "When set, `GET /metrics` needs `Authorization: Bearer <this token>`."
     )
+    rate_runs_per_min: float = _setting(
+        60.0, "Runs a user may start per minute, over all sessions (0: no limit)."
+    )
+    rate_runs_burst: int = _setting(20, "Runs a user may start at once before the rate applies.")
+    max_connections_per_user: int = _setting(
+        50, "Open Socket.IO connections per user (0: no limit)."
+    )
+    max_message_bytes: int = _setting(
+        0, "Largest Socket.IO message accepted (0: from CHATRUN_MAX_INPUT_CHARS)."
+    )
+    cors_origins: str = _setting(
+        "", "Other origins allowed to connect and call the API (`a,b`, `*` for any; default none)."
+    )
     admin_token: str = _setting(
         "", "Token of the admin API (`/api/admin`); generated into the data dir if unset."
     )
@@ -120,6 +133,17 @@ class Settings:
     chunk_concurrency: int = _setting(
         2, "Parts of an oversize message read by the upstream at the same time."
     )
+
+    @property
+    def message_bytes(self) -> int:
+        """The Engine.IO message size limit in effect."""
+        return self.max_message_bytes or max(1_000_000, self.max_input_chars * 4 + 65_536)
+
+    @property
+    def cors_origin_list(self) -> list[str] | str:
+        """Origins other than the server's own that may connect: a list, or ``*``."""
+        origins = [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+        return "*" if "*" in origins else origins
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -159,6 +183,9 @@ class Settings:
             "coalesce_window_ms",
             "context_reserve_tokens",
             "compression_keep_turns",
+            "rate_runs_per_min",
+            "max_connections_per_user",
+            "max_message_bytes",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative")
@@ -177,6 +204,10 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive")
+        if self.rate_runs_burst < 1:
+            raise ConfigError("CHATRUN_RATE_RUNS_BURST must be at least 1")
+        if self.max_message_bytes and self.max_message_bytes < 65_536:
+            raise ConfigError("CHATRUN_MAX_MESSAGE_BYTES must be 0 or at least 65536")
         if not 0 <= self.port <= 65535:
             raise ConfigError("CHATRUN_PORT must be between 0 and 65535")
         if self.auth_tokens:
