@@ -54,6 +54,7 @@ from server.upstream.registry import Upstreams
 log = logging.getLogger("chatrun.runs")
 
 STOP_ON_SHUTDOWN_TIMEOUT = 1.0
+REAPER_SLACK = 5.0  # seconds past the idle timeout before the reaper ends a silent run
 INTERRUPTED_ERROR = "The server stopped while this run was in progress; the text so far was kept."
 
 
@@ -415,6 +416,13 @@ class RunManager:
                 task.uncancel()
             if active.aborting:
                 return Outcome(RunStatus.CANCELLED)
+            if active.reaped:
+                return Outcome(
+                    RunStatus.FAILED,
+                    error=f"The run made no progress for {self._stale_after():g} s "
+                    "(the upstream did not answer); the text so far was kept.",
+                    code=UpstreamCode.TIMEOUT,
+                )
             if active.handle is not None:
                 await self._request_stop(active.handle, STOP_ON_SHUTDOWN_TIMEOUT)
             return Outcome(
@@ -446,10 +454,13 @@ class RunManager:
         compacting = self._compacting.get(state.id)
         if compacting is not None:
             await compacting.wait()
+        active.compressing, active.progress = True, time.monotonic()
         try:
             send, fitted = await self._fit(state, active, upstream, user_message_id, instructions)
         except CompressionAborted:
             return Outcome(RunStatus.CANCELLED)
+        finally:
+            active.compressing, active.progress = False, time.monotonic()
         active.context_tokens = fitted.tokens
         active.context_limit = fitted.limit
         if active.aborting:
@@ -467,6 +478,7 @@ class RunManager:
             )
         )
         active.handle = handle
+        active.progress = time.monotonic()
         self.health.succeeded(record.profile)
         if active.aborting:  # abort arrived while the upstream was accepting the run
             await self._request_stop(handle, self.settings.abort_grace)
@@ -583,7 +595,7 @@ class RunManager:
                     raise UpstreamError(
                         f"The upstream sent nothing for {idle:g} s", UpstreamCode.TIMEOUT
                     ) from None
-                watch.last = watch.now()
+                watch.last = active.progress = watch.now()
                 publish = self.hub.publish
                 if isinstance(event, TextDelta):
                     if event.text:
@@ -793,6 +805,40 @@ class RunManager:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _stale_after(self) -> float:
+        idle = self.settings.upstream_idle_timeout_s
+        return idle + min(idle, REAPER_SLACK)
+
+    async def reap(self) -> None:
+        """The stale-run reaper: a run with no sign of life past the idle timeout (plus some
+        slack) fails with ``upstream_timeout``, wherever it is stuck; compression and aborts
+        have their own limits and are left to them."""
+        interval = min(1.0, self.settings.upstream_idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            stale_after = self._stale_after()
+            compressing_extra = self.settings.compression_timeout_s * 2
+            for state in list(self.hub.sessions.values()):
+                active = state.active
+                if (
+                    active is None
+                    or active.task is None
+                    or active.aborting
+                    or active.reaped
+                    or now - active.progress
+                    < stale_after + (compressing_extra if active.compressing else 0.0)
+                ):
+                    continue
+                active.reaped = True
+                log.warning(
+                    "run %s session %s: no progress for %.1f s, ending it",
+                    active.id,
+                    state.id,
+                    now - active.progress,
+                )
+                active.task.cancel()
 
     def active_runs(self) -> int:
         return sum(1 for s in self.hub.sessions.values() if s.active is not None)

@@ -134,6 +134,9 @@ class ActiveRun:
     input_tokens: int | None = None  # the question's token count, counted when it was saved
     context_tokens: int = 0  # what the run sent upstream, counted
     context_limit: int = 0
+    progress: float = field(default_factory=time.monotonic)  # last sign of life (monotonic)
+    reaped: bool = False  # ended by the stale-run reaper
+    compressing: bool = False  # fitting the history (compression has its own time limit)
 
     @property
     def id(self) -> str:

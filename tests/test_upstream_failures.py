@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from pathlib import Path
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab
+from tests.helpers import ChatrunServer, Tab, make_settings
 
 TERMINALS = ("run.completed", "run.failed", "run.cancelled")
 
@@ -199,3 +201,35 @@ async def test_failures_do_not_affect_other_sessions(
     await tab.wait_event("run.failed", run_id=bad["run_id"])
     done = await tab.wait_event("run.completed", run_id=good["run_id"])
     assert done["output"] == "".join(f"{i}," for i in range(20))
+
+
+async def test_the_reaper_ends_a_run_stuck_where_no_timeout_reaches(
+    tmp_path: Path, hermes: FakeHermes
+) -> None:
+    """The run request hangs inside the connect timeout but past the idle timeout: the
+    stale-run reaper ends the run, and the session's queue goes on."""
+    srv = ChatrunServer(
+        make_settings(
+            tmp_path / "data",
+            hermes.url,
+            upstream_idle_timeout_s=1.0,
+            upstream_connect_timeout_s=30.0,
+        )
+    )
+    await srv.start()
+    tab = Tab(srv.url)
+    await tab.connect()
+    try:
+        hermes.post_delay = 4.0
+        started = time.monotonic()
+        first = await tab.call("run", {"session_id": "stuck", "input": "a", "queue_id": "q1"})
+        second = await tab.call("run", {"session_id": "stuck", "input": "b", "queue_id": "q2"})
+        failed = await tab.wait_event("run.failed", run_id=first["run_id"])
+        assert failed["code"] == "upstream_timeout" and "no progress" in failed["error"]
+        assert time.monotonic() - started < 5
+        hermes.post_delay = 0.0
+        await tab.wait_event("run.started", run_id=second["run_id"], timeout=15)
+        await tab.wait_event("run.completed", run_id=second["run_id"], timeout=15)
+    finally:
+        await tab.close()
+        await srv.stop()
