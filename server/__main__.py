@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server import logs
 from server.app import create_app
 from server.errors import ConfigError
 from server.settings import Settings
@@ -65,14 +66,7 @@ def main() -> int:
         from server import cli
 
         return cli.main(settings, sys.argv[2:])
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # one line per upstream HTTP request is noise next to Chatrun's one line per run transition
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
-    # the database driver logs every statement with its parameters (tokens, API keys) at DEBUG
-    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
+    logs.configure(settings.log_level)
     try:
         run_loop(serve(settings), settings.uvloop)
     except ConfigError as exc:

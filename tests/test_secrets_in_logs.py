@@ -1,0 +1,79 @@
+"""No token or API key ever appears in a log line, at any level, whatever happens."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server.logs import quiet_libraries
+from tests.fakes.hermes import FakeHermes
+from tests.helpers import BOB_TOKEN, TOKEN, ChatrunServer, Tab, make_settings
+
+UPSTREAM_KEY = "sk-upstream-key-4f1c9b2e7a"
+ADMIN_TOKEN = "admin-token-8c3d5e1f"
+NEW_KEY = "sk-created-key-2b7e9d4c1a"
+WRONG = "wrong-token-6a5b4c3d"
+
+
+async def test_no_secret_reaches_any_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    quiet_libraries()  # as `python -m server` does
+    async with FakeHermes(api_key=UPSTREAM_KEY) as hermes:
+        srv = ChatrunServer(
+            make_settings(
+                tmp_path / "data",
+                hermes.url,
+                upstream_api_key=UPSTREAM_KEY,
+                admin_token=ADMIN_TOKEN,
+                log_level="DEBUG",
+            )
+        )
+        await srv.start()
+        try:
+            tab = Tab(srv.url)
+            await tab.connect()
+            ack = await tab.call("run", {"session_id": "s", "input": "hi"})
+            await tab.wait_event("run.completed", run_id=ack["run_id"])
+            await tab.close()
+            refused = Tab(srv.url, WRONG)
+            with pytest.raises(Exception):  # noqa: B017 - any refusal will do
+                await refused.connect()
+            await refused.close()
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with aiohttp.ClientSession() as http:
+                for token in (TOKEN, BOB_TOKEN, WRONG):
+                    auth = {"Authorization": f"Bearer {token}"}
+                    async with http.get(srv.url + "/api/sessions", headers=auth) as r:
+                        await r.read()
+                body = {"name": "x", "kind": "hermes", "url": hermes.url, "api_key": NEW_KEY}
+                async with http.post(
+                    srv.url + "/api/admin/upstreams", json=body, headers=admin
+                ) as r:
+                    assert r.status == 201
+                async with http.post(srv.url + "/api/admin/upstreams/x/test", headers=admin) as r:
+                    assert r.status == 200  # fails upstream: the key is wrong for the fake
+                async with http.patch(
+                    srv.url + "/api/admin/upstreams/x",
+                    json={"api_key": "bad\nkey " + NEW_KEY},
+                    headers=admin,
+                ) as r:
+                    assert r.status == 400
+            hermes.api_key = "something-else"
+            tab = Tab(srv.url)
+            await tab.connect()
+            ack = await tab.call("run", {"session_id": "s2", "input": "hi"})
+            failed = await tab.wait_event("run.failed", run_id=ack["run_id"])
+            assert failed["code"] == "upstream_auth"
+            await tab.close()
+        finally:
+            await srv.stop()
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)  # DEBUG was really on
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "") + str(record.args)
+        for secret in (UPSTREAM_KEY, ADMIN_TOKEN, NEW_KEY, WRONG, TOKEN, BOB_TOKEN):
+            assert secret not in text, f"{secret!r} in a {record.name} log line"
