@@ -74,9 +74,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _start_process(data_dir: Path, upstream: str, port: int) -> subprocess.Popen[bytes]:
+async def _start_process(
+    data_dir: Path, upstream: str, port: int, **settings: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        **settings,
         "CHATRUN_DATA_DIR": str(data_dir),
         "CHATRUN_PORT": str(port),
         "CHATRUN_AUTH_TOKEN": TOKEN,
@@ -215,3 +218,110 @@ async def test_stop_interrupts_runs_that_outlast_the_grace(
     await server.stop()
     await tab.close()
     assert server.query("SELECT status FROM runs")[0]["status"] == "interrupted"
+
+
+def _stored_answer(db: sqlite3.Connection, run_id: str) -> str:
+    """An answer as stored: its content plus chunks not yet folded into it."""
+    row = db.execute(
+        "SELECT m.content || coalesce((SELECT group_concat(text, '') FROM (SELECT text "
+        "FROM message_chunks WHERE message_id = m.id AND field = 'content' ORDER BY id)), "
+        "'') FROM messages m WHERE run_id = ? AND role = 'assistant'",
+        (run_id,),
+    ).fetchone()
+    return str(row[0])
+
+
+async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
+    tmp_path: Path, hermes: FakeHermes
+) -> None:
+    async def steady(run: FakeRun) -> None:
+        for i in range(1000):
+            await run.delta(f"{run.body['input']}-{i} ")
+            await asyncio.sleep(0.01)
+        await run.complete()
+
+    hermes.script = steady
+    port = _free_port()
+    data_dir = tmp_path / "data"
+    flush = 0.1
+    killed: list[tuple[str, str, str]] = []  # (run id, text seen a flush before, text at kill)
+    for cycle in range(4):
+        proc = await _start_process(data_dir, hermes.url, port)
+        try:
+            tab = Tab(f"http://127.0.0.1:{port}")
+            await tab.connect()
+            ack = await tab.call("run", {"session_id": "crashes", "input": f"c{cycle}"})
+            run_id, want = ack["run_id"], 10 + cycle
+            await tab.wait_for(lambda ev, t=tab, r=run_id, n=want: t.text(r).count(" ") >= n)
+            safe = tab.text(ack["run_id"])
+            await asyncio.sleep(flush * 2.5)  # past one flush after `safe` was seen
+            seen = tab.text(ack["run_id"])
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(5)
+        await tab.close()
+        killed.append((ack["run_id"], safe, seen))
+        db = sqlite3.connect(data_dir / "chatrun.db")
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            stored = _stored_answer(db, ack["run_id"])
+        finally:
+            db.close()
+        assert stored.startswith(safe) and seen.startswith(stored), (cycle, safe, stored, seen)
+
+    proc = await _start_process(data_dir, hermes.url, port)
+    try:
+        tab = Tab(f"http://127.0.0.1:{port}")
+        await tab.connect()
+        await tab.call("resume", {"session_id": "crashes"})
+        ack = await tab.call("run", {"session_id": "crashes", "input": "after"})
+        await tab.wait_event("run.started", run_id=ack["run_id"])
+        await tab.close()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+    db = sqlite3.connect(data_dir / "chatrun.db")
+    try:
+        for run_id, safe, seen in killed:
+            status = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+            assert status == "interrupted"
+            stored = _stored_answer(db, run_id)
+            assert stored.startswith(safe) and seen.startswith(stored)
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+
+
+async def test_sigterm_lets_the_run_finish_keeps_the_queue_and_exits_cleanly(
+    tmp_path: Path, hermes: FakeHermes
+) -> None:
+    async def short(run: FakeRun) -> None:
+        for i in range(30):
+            await run.delta(f"{i} ")
+            await asyncio.sleep(0.02)
+        await run.complete()
+
+    hermes.script = short
+    port = _free_port()
+    data_dir = tmp_path / "data"
+    proc = await _start_process(data_dir, hermes.url, port, CHATRUN_SHUTDOWN_GRACE_S="5")
+    tab = Tab(f"http://127.0.0.1:{port}")
+    await tab.connect()
+    first = await tab.call("run", {"session_id": "term", "input": "first"})
+    second = await tab.call("run", {"session_id": "term", "input": "second"})
+    await tab.wait_event("message.delta", run_id=first["run_id"])
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+    done = await tab.wait_event("run.completed", run_id=first["run_id"])
+    assert done["output"] == "".join(f"{i} " for i in range(30))
+    async with asyncio.timeout(5):
+        while tab.sio.connected:  # the server closed the socket
+            await asyncio.sleep(0.05)
+    await tab.close()
+    db = sqlite3.connect(data_dir / "chatrun.db")
+    try:
+        statuses = dict(db.execute("SELECT id, status FROM runs").fetchall())
+        assert statuses == {first["run_id"]: "completed", second["run_id"]: "queued"}
+        assert _stored_answer(db, first["run_id"]) == done["output"]
+    finally:
+        db.close()
