@@ -7,6 +7,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.fakes.hermes import FakeHermes, FakeRun
 from tests.helpers import ChatrunServer, Tab, make_settings
 
@@ -233,3 +235,109 @@ async def test_the_reaper_ends_a_run_stuck_where_no_timeout_reaches(
     finally:
         await tab.close()
         await srv.stop()
+
+
+STEADY = [f"s{i} " for i in range(60)]
+
+
+async def matrix_script(run: FakeRun) -> None:
+    kind = str(run.body["input"])
+    if kind == "steady":
+        for token in STEADY:
+            await run.delta(token)
+            await asyncio.sleep(0.01)
+        await run.complete()
+        return
+    await run.delta("kept ")
+    if kind == "drop":
+        await run.drop()
+    elif kind == "malformed":
+        await run.raw(b"data: {broken\n\n")
+    elif kind == "keepalive":
+        while True:
+            await run.keepalive()
+            await asyncio.sleep(0.1)
+    elif kind == "fail":
+        await run.fail("the model fell over")
+    elif kind in ("endless", "ignores-stop"):
+        while True:
+            await run.delta("more ")
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("kind", "terminal", "code"),
+    [
+        ("drop", "run.failed", "upstream_disconnected"),
+        ("malformed", "run.failed", "upstream_protocol"),
+        ("keepalive", "run.failed", "upstream_timeout"),
+        ("fail", "run.failed", "upstream_error"),
+        ("endless", "run.cancelled", None),
+        ("ignores-stop", "run.cancelled", None),
+    ],
+)
+async def test_each_fault_ends_clearly_without_touching_a_session_beside_it(
+    server: ChatrunServer, hermes: FakeHermes, kind: str, terminal: str, code: str | None
+) -> None:
+    await server.restart(upstream_idle_timeout_s=0.5, abort_grace_ms=300)
+    hermes.script = matrix_script
+    hermes.ignore_stop = kind == "ignores-stop"
+    tab = Tab(server.url)
+    await tab.connect()
+    try:
+        steady = await tab.call("run", {"session_id": f"b-{kind}", "input": "steady"})
+        await tab.wait_event("message.delta", run_id=steady["run_id"])
+        started = time.monotonic()
+        faulty = await tab.call("run", {"session_id": f"a-{kind}", "input": kind})
+        if terminal == "run.cancelled":  # only an abort ends these
+            await tab.wait_for(lambda ev: "more" in tab.text(faulty["run_id"]))
+            await tab.call("abort", {"session_id": f"a-{kind}"})
+        end = await tab.wait_event(terminal, run_id=faulty["run_id"])
+        assert time.monotonic() - started < 3
+        if code is not None:
+            assert end["code"] == code and end["error"]
+        await asyncio.sleep(0.1)
+        assert terminals(tab, faulty["run_id"]) == [terminal]
+        shown = tab.text(faulty["run_id"])
+        assert shown.startswith("kept ")
+        stored = server.query(
+            "SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'",
+            faulty["run_id"],
+        )[0]["content"]
+        assert stored == shown
+        done = await tab.wait_event("run.completed", run_id=steady["run_id"])
+        assert done["output"] == "".join(STEADY) == tab.text(steady["run_id"])
+    finally:
+        await tab.close()
+
+
+async def test_a_hung_or_absent_upstream_fails_within_the_connect_timeout(
+    server: ChatrunServer,
+) -> None:
+    await server.restart(upstream_connect_timeout_s=0.5)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)  # accepts, never answers
+        writer.close()
+
+    hung = await asyncio.start_server(silent, "127.0.0.1", 0)
+    hung_port = hung.sockets[0].getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    admin = server.app.upstream_admin
+    for name, port in (("hung", hung_port), ("dead", dead_port)):
+        await admin.create({"name": name, "kind": "hermes", "url": f"http://127.0.0.1:{port}"})
+    try:
+        for name, code in (("hung", "upstream_timeout"), ("dead", "upstream_unavailable")):
+            tab = Tab(server.url, profile=name)
+            await tab.connect()
+            try:
+                started = time.monotonic()
+                failed = await fail_case(tab, f"s-{name}")
+                assert failed["code"] == code, failed
+                assert time.monotonic() - started < 3
+            finally:
+                await tab.close()
+    finally:
+        hung.close()
