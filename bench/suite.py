@@ -87,6 +87,9 @@ def chatrun(upstream: str, data_dir: str, **extra: str) -> Proc:
         "CHATRUN_UPSTREAM_URL": upstream,
         "CHATRUN_LOG_LEVEL": "WARNING",
         "CHATRUN_MAX_QUEUE_DEPTH": "100",
+        # one user drives every session of the load: no per-user limits
+        "CHATRUN_RATE_RUNS_PER_MIN": "0",
+        "CHATRUN_MAX_CONNECTIONS_PER_USER": "0",
     }
     env.update(extra)
     return Proc(["server"], env)

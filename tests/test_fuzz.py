@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from server.upstream.configs import EDITABLE
 from tests.fakes.hermes import FakeHermes
 from tests.helpers import TOKEN, ChatrunServer, Tab, make_settings
 
@@ -33,18 +34,7 @@ ADMIN = "fuzz-admin-token"
 EXAMPLES = settings(
     max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
 )
-ADMIN_FIELDS = {
-    "name",
-    "kind",
-    "url",
-    "api_key",
-    "model",
-    "context_length",
-    "sampling",
-    "overrides",
-    "draft_model",
-    "active",
-}
+ADMIN_FIELDS = {"name", *EDITABLE}
 CODES = {"bad_request", "too_large", "not_found", "forbidden", "rate_limited", "unauthorized"}
 
 odd_text = st.one_of(

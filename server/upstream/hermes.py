@@ -9,7 +9,6 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeGuard
 
-import aiohttp
 import httpx
 import orjson
 from httpx_sse import SSEError, aconnect_sse
@@ -24,10 +23,10 @@ from server.upstream.base import (
     TextDelta,
     ToolCompleted,
     ToolStarted,
-    UpstreamConfig,
     UpstreamEvent,
     UpstreamRequest,
 )
+from server.upstream.http_common import HttpAdapter, http_error, transport_error
 
 log = logging.getLogger("chatrun.upstream.hermes")
 
@@ -54,100 +53,13 @@ RESERVED_EVENTS = frozenset(
         "context.chunking",
     }
 )
-MAX_ERROR_BODY = 300
 
 
-def http_error(status: int, body: str, what: str) -> UpstreamError:
-    """Translate an HTTP error answer of the upstream into an ``UpstreamError``."""
-    detail = _error_detail(body)
-    suffix = f": {detail}" if detail else ""
-    if status in (401, 403):
-        return UpstreamError(
-            f"The upstream refused the API key ({status}){suffix}. "
-            "Check the upstream API key setting.",
-            UpstreamCode.AUTH,
-        )
-    if status == 404:
-        return UpstreamError(
-            f"The upstream has no {what} ({status}){suffix}. Check the upstream URL.",
-            UpstreamCode.NOT_FOUND,
-        )
-    if status == 429:
-        return UpstreamError(
-            f"The upstream is busy (429){suffix}", UpstreamCode.RATE_LIMITED, retryable=True
-        )
-    return UpstreamError(f"Upstream {status}{suffix}", UpstreamCode.ERROR, retryable=status >= 500)
-
-
-def _error_detail(body: str) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body.strip()[:MAX_ERROR_BODY]
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])[:MAX_ERROR_BODY]
-        if isinstance(error, str):
-            return error[:MAX_ERROR_BODY]
-    return body.strip()[:MAX_ERROR_BODY]
-
-
-def transport_error(exc: httpx.HTTPError, url: str) -> UpstreamError:
-    """Translate an httpx transport error; only pre-send failures are retryable."""
-    cause = exc.__cause__
-    connect_failed = isinstance(exc, httpx.ConnectError) or isinstance(
-        cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-    )
-    if connect_failed:
-        return UpstreamError(
-            f"Cannot reach the upstream at {url} ({type(exc).__name__}). "
-            "Check that it is running and that the upstream URL is right.",
-            UpstreamCode.UNAVAILABLE,
-            retryable=True,
-        )
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError(f"The upstream at {url} did not answer in time", UpstreamCode.TIMEOUT)
-    return UpstreamError(
-        f"The connection to the upstream broke ({type(exc).__name__})",
-        UpstreamCode.DISCONNECTED,
-    )
-
-
-class HermesUpstream:
+class HermesUpstream(HttpAdapter):
     kind = "hermes"
 
-    def __init__(
-        self,
-        config: UpstreamConfig,
-        client: httpx.AsyncClient,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        retry_backoff: float,
-    ) -> None:
-        self.config = config
-        self._client = client
-        self._base = config.url.rstrip("/")
-        self._timeout = httpx.Timeout(
-            connect=connect_timeout,
-            read=connect_timeout,
-            write=connect_timeout,
-            pool=connect_timeout,
-        )
-        self._stream_timeout = httpx.Timeout(
-            connect=connect_timeout,
-            read=read_timeout,
-            write=connect_timeout,
-            pool=connect_timeout,
-        )
-        self._retry_backoff = retry_backoff
-
     def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        return headers
+        return self._auth({"Accept": "application/json"})
 
     def request_body(self, request: UpstreamRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -222,9 +134,6 @@ class HermesUpstream:
 
     async def context_length(self) -> int | None:
         return None  # the runs API manages the agent's context itself
-
-    async def aclose(self) -> None:
-        return None  # the shared HTTP client is closed by the app
 
 
 class HermesRun:

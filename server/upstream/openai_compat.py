@@ -28,7 +28,7 @@ from server.upstream.base import (
     UpstreamEvent,
     UpstreamRequest,
 )
-from server.upstream.hermes import http_error, transport_error
+from server.upstream.http_common import HttpAdapter, http_error, transport_error
 from server.upstream.profiles import ModelProfile, StreamCleaner, build_messages, profile_for
 
 log = logging.getLogger("chatrun.upstream.openai")
@@ -48,7 +48,7 @@ CONTEXT_FIELDS = ("max_model_len", "context_length", "max_context_length", "n_ct
 MODELS_TTL = 60.0
 
 
-class OpenAIUpstream:
+class OpenAIUpstream(HttpAdapter):
     kind = "openai"
 
     def __init__(
@@ -60,22 +60,18 @@ class OpenAIUpstream:
         read_timeout: float,
         retry_backoff: float,
     ) -> None:
-        self.config = config
-        self._client = client
-        self._base = config.url.rstrip("/")
-        self._timeout = httpx.Timeout(connect_timeout)
-        self._stream_timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
+        super().__init__(
+            config,
+            client,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retry_backoff=retry_backoff,
         )
-        self._retry_backoff = retry_backoff
         self._models: tuple[float, list[dict[str, Any]]] | None = None
         self._context: dict[str, int | None] = {}
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        return headers
+        return self._auth({"Accept": "text/event-stream"})
 
     def profile(self, model: str | None = None) -> ModelProfile:
         return profile_for(self.config, model or self.config.model)
@@ -167,9 +163,6 @@ class OpenAIUpstream:
         length = _context_of(entry) if entry is not None else None
         self._context[model] = length
         return length
-
-    async def aclose(self) -> None:
-        return None  # the shared HTTP client is closed by the app
 
 
 def _context_of(entry: dict[str, Any]) -> int | None:
