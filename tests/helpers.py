@@ -34,6 +34,9 @@ def make_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Settin
         upstream_retry_backoff_ms=50,
         session_idle_evict_s=600.0,
         shutdown_grace_s=0.0,
+        # tests drive many runs and tabs as one user; the limits have tests of their own
+        rate_runs_per_min=0.0,
+        max_connections_per_user=0,
     )
     base.update(overrides)
     return Settings(**base)

@@ -228,8 +228,6 @@ async def test_chaos(tmp_path: Path) -> None:
                 hermes.url,
                 upstream_idle_timeout_s=0.3,
                 abort_grace_ms=300,
-                max_connections_per_user=0,
-                rate_runs_per_min=0,
             )
         )
         await srv.start()

@@ -166,7 +166,6 @@ class Background:
                 self.tmp / "data",
                 self.hermes.url,
                 admin_token=ADMIN,
-                rate_runs_per_min=0,
                 max_input_chars=2000,
             )
         )
