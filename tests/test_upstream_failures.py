@@ -274,6 +274,10 @@ async def matrix_script(run: FakeRun) -> None:
         ("fail", "run.failed", "upstream_error"),
         ("endless", "run.cancelled", None),
         ("ignores-stop", "run.cancelled", None),
+        ("http401", "run.failed", "upstream_auth"),
+        ("http404", "run.failed", "upstream_not_found"),
+        ("http429", "run.failed", "upstream_rate_limited"),
+        ("http500", "run.failed", "upstream_error"),
     ],
 )
 async def test_each_fault_ends_clearly_without_touching_a_session_beside_it(
@@ -288,6 +292,8 @@ async def test_each_fault_ends_clearly_without_touching_a_session_beside_it(
         steady = await tab.call("run", {"session_id": f"b-{kind}", "input": "steady"})
         await tab.wait_event("message.delta", run_id=steady["run_id"])
         started = time.monotonic()
+        if kind.startswith("http"):  # the run request itself is refused (twice: one retry)
+            hermes.post_statuses = [int(kind[4:])] * 2
         faulty = await tab.call("run", {"session_id": f"a-{kind}", "input": kind})
         if terminal == "run.cancelled":  # only an abort ends these
             await tab.wait_for(lambda ev: "more" in tab.text(faulty["run_id"]))
@@ -299,7 +305,7 @@ async def test_each_fault_ends_clearly_without_touching_a_session_beside_it(
         await asyncio.sleep(0.1)
         assert terminals(tab, faulty["run_id"]) == [terminal]
         shown = tab.text(faulty["run_id"])
-        assert shown.startswith("kept ")
+        assert shown.startswith("" if kind.startswith("http") else "kept ")
         stored = server.query(
             "SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'",
             faulty["run_id"],
