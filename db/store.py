@@ -65,6 +65,7 @@ class Store:
         ] = []
         self._writer: asyncio.Future[None] | None = None
         self.transactions = 0  # write transactions committed (a metric)
+        self._message_ids = MessageIds()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -373,6 +374,7 @@ class Store:
             seq_reserve=seq_reserve,
             start=start,
             create_session=position is None,
+            ids=self._message_ids,
         )
 
         async def insert_run(conn: AsyncConnection, *, create_session: bool) -> Enqueued:
@@ -409,6 +411,7 @@ class Store:
             seq_reserve=seq_reserve,
             start=start,
             create_session=create_session,
+            ids=self._message_ids,
         )
         return await insert_(conn)
 
@@ -517,7 +520,7 @@ class Store:
         self, conn: AsyncConnection, message: dict[str, Any], now: float
     ) -> int:
         result = await conn.execute(INSERT_MESSAGE, message_row(message, now))
-        return int(result.scalar_one())
+        return self._message_ids.seen(int(result.scalar_one()))
 
     async def recent_messages(
         self, session_id: str, limit: int, before_id: int | None = None
@@ -957,6 +960,29 @@ async def _only_active(conn: AsyncConnection, name: str) -> None:
     )
 
 
+class MessageIds:
+    """Message ids handed out in this process (SQLite has one writing process, and every write
+    goes through the store's writer, one at a time): the table's highest id is read once, then
+    counted on. A rolled-back batch only leaves a gap."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    async def take(self, conn: AsyncConnection, count: int) -> int:
+        """The first of ``count`` new consecutive ids."""
+        if self.last is None:
+            self.last = int((await conn.execute(MAX_MESSAGE_ID)).scalar_one())
+        first = self.last + 1
+        self.last += count
+        return first
+
+    def seen(self, message_id: int) -> int:
+        """An id the database chose itself (autoincrement): never hand it out again."""
+        if self.last is not None:
+            self.last = max(self.last, message_id)
+        return message_id
+
+
 INSERT_MESSAGES = insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True)
 INSERT_NEW_SESSIONS = (
     sqlite_insert(SESSIONS).on_conflict_do_nothing(index_elements=["id"]).returning(SESSIONS.c.id)
@@ -971,7 +997,7 @@ class _RunInsert:
     of costing four statements each, so a burst of new runs is written in one short transaction.
     """
 
-    __slots__ = ("enqueued", "messages", "run_row", "session_row")
+    __slots__ = ("enqueued", "ids", "messages", "run_row", "session_row")
 
     def __init__(
         self,
@@ -979,8 +1005,10 @@ class _RunInsert:
         session_row: dict[str, Any] | None,
         run_row: dict[str, Any],
         messages: list[dict[str, Any]],
+        ids: MessageIds,
     ) -> None:
         self.enqueued = enqueued
+        self.ids = ids
         self.session_row = session_row
         self.run_row = run_row
         self.messages = messages
@@ -995,6 +1023,7 @@ class _RunInsert:
         seq_reserve: int,
         start: tuple[dict[str, Any], dict[str, Any]] | None,
         create_session: bool,
+        ids: MessageIds,
     ) -> _RunInsert:
         now = time.time()
         created = session_row = None
@@ -1043,7 +1072,7 @@ class _RunInsert:
             "finished_at": None,
         }
         messages = [message_row(m, now) for m in start] if start is not None else []
-        return cls(Enqueued(run, session=created), session_row, run_row, messages)
+        return cls(Enqueued(run, session=created), session_row, run_row, messages, ids)
 
     async def __call__(self, conn: AsyncConnection) -> Enqueued:
         return (await _RunInsert.run_many(conn, [self]))[0]
@@ -1073,7 +1102,7 @@ class _RunInsert:
         if rows and conn.dialect.name == "sqlite":
             # SQLite cannot order RETURNING rows (SQLAlchemy would insert row by row): the
             # transaction holds the write lock now, so the next ids are ours to assign.
-            first = (await conn.execute(MAX_MESSAGE_ID)).scalar_one() + 1
+            first = await inserts[0].ids.take(conn, len(rows))
             ids = list(range(first, first + len(rows)))
             await conn.execute(
                 insert(MESSAGES), [{**m, "id": n} for m, n in zip(rows, ids, strict=True)]

@@ -101,3 +101,39 @@ async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
         assert await store.integrity_check() == "ok"
     finally:
         await store.close()
+
+
+async def test_message_ids_never_collide_or_come_back(tmp_path: Path) -> None:
+    """Ids the store hands out itself and ids SQLite picks (one-off inserts) interleave without
+    a clash, and a deleted session's ids are not handed out again."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await store.open()
+    try:
+        user = await store.ensure_user("alice")
+        seen: list[int] = []
+        for i in range(6):
+            run = new_run(f"s{i}")
+            result = await store.enqueue_run(
+                run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
+            )
+            assert result.started is not None
+            seen.extend(result.started)
+            tool = await store.insert_message(
+                {
+                    "session_id": run.session_id,
+                    "run_id": run.id,
+                    "role": "tool",
+                    "status": "complete",
+                }
+            )
+            seen.append(tool)
+        assert len(seen) == len(set(seen)) and seen == sorted(seen)
+        await store.delete_session("s5")
+        run = new_run("s6")
+        result = await store.enqueue_run(
+            run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
+        )
+        assert result.started is not None and min(result.started) > max(seen)
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
