@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 import socketio
 from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
@@ -179,11 +178,11 @@ def _lifecycle(chatrun: Chatrun) -> Any:
             timeout=aiohttp.ClientTimeout(total=None),
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
         )
-        client = httpx.AsyncClient(transport=AiohttpTransport(client=session))
+        transport = AiohttpTransport(client=session)
         try:
             await chatrun.auth.prepare()
             chatrun.admin_api.prepare()
-            upstreams = Upstreams(settings, client, chatrun.store)
+            upstreams = Upstreams(settings, transport, chatrun.store)
             await upstreams.load()
             chatrun.start_components(upstreams)
             assert chatrun.namespace is not None
@@ -201,7 +200,7 @@ def _lifecycle(chatrun: Chatrun) -> Any:
             await chatrun.tasks.cancel_all()
             if chatrun._upstreams is not None:
                 await chatrun.upstreams.aclose()
-            await client.aclose()
+            await transport.aclose()
             await session.close()
             await chatrun.store.close()
 

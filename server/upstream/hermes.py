@@ -11,7 +11,7 @@ from typing import Any, TypeGuard
 
 import httpx
 import orjson
-from httpx_sse import SSEError, aconnect_sse
+from httpx_sse import SSEError
 
 from server.errors import UpstreamCode, UpstreamError
 from server.events import input_text
@@ -58,9 +58,6 @@ RESERVED_EVENTS = frozenset(
 class HermesUpstream(HttpAdapter):
     kind = "hermes"
 
-    def _headers(self) -> dict[str, str]:
-        return self._auth({"Accept": "application/json"})
-
     def request_body(self, request: UpstreamRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "input": request.input if isinstance(request.input, str) else input_text(request.input),
@@ -95,9 +92,7 @@ class HermesUpstream(HttpAdapter):
 
     async def _post_run(self, url: str, body: dict[str, Any]) -> HermesRun:
         try:
-            response = await self._client.post(
-                url, json=body, headers=self._headers(), timeout=self._timeout
-            )
+            response = await self.fetch("POST", url, body)
         except httpx.HTTPError as exc:
             raise transport_error(exc, self._base) from None
         if response.status_code not in (200, 201, 202):
@@ -115,9 +110,7 @@ class HermesUpstream(HttpAdapter):
 
     async def health(self) -> str:
         try:
-            response = await self._client.get(
-                f"{self._base}/health", headers=self._headers(), timeout=self._timeout
-            )
+            response = await self.fetch("GET", f"{self._base}/health")
         except httpx.HTTPError:
             return "unreachable"
         return "ready" if response.status_code == 200 else "unreachable"
@@ -146,9 +139,7 @@ class HermesRun:
         up = self._upstream
         url = f"{up._base}/v1/runs/{self.upstream_run_id}/events"
         try:
-            async with aconnect_sse(
-                up._client, "GET", url, headers=up._headers(), timeout=up._stream_timeout
-            ) as source:
+            async with up.event_source("GET", url) as source:
                 response = source.response
                 if response.status_code != 200:
                     await response.aread()
@@ -176,11 +167,7 @@ class HermesRun:
     async def stop(self) -> bool:
         up = self._upstream
         try:
-            response = await up._client.post(
-                f"{up._base}/v1/runs/{self.upstream_run_id}/stop",
-                headers=up._headers(),
-                timeout=up._timeout,
-            )
+            response = await up.fetch("POST", f"{up._base}/v1/runs/{self.upstream_run_id}/stop")
         except httpx.HTTPError as exc:
             log.warning("stop request for %s failed: %s", self.upstream_run_id, type(exc).__name__)
             return False

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import orjson
-from httpx_sse import SSEError, aconnect_sse
+from httpx_sse import SSEError
 
 from server.errors import UpstreamCode, UpstreamError
 from server.upstream.base import (
@@ -54,7 +54,7 @@ class OpenAIUpstream(HttpAdapter):
     def __init__(
         self,
         config: UpstreamConfig,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         *,
         connect_timeout: float,
         read_timeout: float,
@@ -62,16 +62,13 @@ class OpenAIUpstream(HttpAdapter):
     ) -> None:
         super().__init__(
             config,
-            client,
+            transport,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retry_backoff=retry_backoff,
         )
         self._models: tuple[float, list[dict[str, Any]]] | None = None
         self._context: dict[str, int | None] = {}
-
-    def _headers(self) -> dict[str, str]:
-        return self._auth({"Accept": "text/event-stream"})
 
     def profile(self, model: str | None = None) -> ModelProfile:
         return profile_for(self.config, model or self.config.model)
@@ -111,9 +108,7 @@ class OpenAIUpstream(HttpAdapter):
         if cached is not None and time.monotonic() - cached[0] < MODELS_TTL:
             return cached[1]
         try:
-            response = await self._client.get(
-                f"{self._base}/models", headers=self._headers(), timeout=self._timeout
-            )
+            response = await self.fetch("GET", f"{self._base}/models")
         except httpx.HTTPError as exc:
             raise transport_error(exc, self._base) from None
         if response.status_code != 200:
@@ -197,14 +192,7 @@ class OpenAIRun:
         up = self._upstream
         try:
             self._source = await self._stack.enter_async_context(
-                aconnect_sse(
-                    up._client,
-                    "POST",
-                    f"{up._base}/chat/completions",
-                    json=self._body,
-                    headers=up._headers(),
-                    timeout=up._stream_timeout,
-                )
+                up.event_source("POST", f"{up._base}/chat/completions", self._body)
             )
         except httpx.HTTPError as exc:
             await self._stack.aclose()

@@ -34,10 +34,12 @@ KINDS = ("hermes", "openai", "lmstudio")
 class Upstreams:
     """One adapter per stored config, rebuilt when its config changes."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, transport: httpx.AsyncBaseTransport, store: Store
+    ) -> None:
         self.settings = settings
         self.store = store
-        self._client = client
+        self._transport = transport
         self.records: dict[str, UpstreamConfigRecord] = {}
         self._adapters: dict[str, Upstream] = {}
         self._errors: dict[str, str] = {}  # configs whose adapter could not be built
@@ -137,7 +139,7 @@ class Upstreams:
         if config.kind == "hermes":
             return HermesUpstream(
                 config,
-                self._client,
+                self._transport,
                 connect_timeout=s.upstream_connect_timeout_s,
                 read_timeout=s.upstream_idle_timeout_s + 5,
                 retry_backoff=s.upstream_retry_backoff_ms / 1000,
@@ -145,7 +147,7 @@ class Upstreams:
         if config.kind == "openai":
             return OpenAIUpstream(
                 config,
-                self._client,
+                self._transport,
                 connect_timeout=s.upstream_connect_timeout_s,
                 read_timeout=s.upstream_idle_timeout_s + 5,
                 retry_backoff=s.upstream_retry_backoff_ms / 1000,
