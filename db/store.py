@@ -50,6 +50,55 @@ SNAPSHOTS = cast(Table, ContextSnapshot.__table__)
 INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
 INSERT_RUN = insert(RUNS)
 INSERT_SESSION = insert(SESSIONS)
+INSERT_CHUNKS = insert(CHUNKS)
+INSERT_MESSAGE_ROWS = insert(MESSAGES)
+# what a flush writes, built once (each is an ``executemany`` over the batch)
+FLUSH_WHOLE_MESSAGES = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("m_id"))
+    .values(
+        content=bindparam("m_content"),
+        reasoning=bindparam("m_reasoning"),
+        status=bindparam("m_status"),
+        updated_at=bindparam("m_updated"),
+        tool_calls=bindparam("m_tool_calls"),
+        finish_reason=bindparam("m_finish"),
+        token_count=func.coalesce(bindparam("m_tokens", type_=Integer), MESSAGES.c.token_count),
+    )
+)
+DELETE_MESSAGE_CHUNKS = delete(CHUNKS).where(CHUNKS.c.message_id == bindparam("m_id"))
+FLUSH_PARTIAL_MESSAGES = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("m_id"))
+    .values(
+        status=bindparam("m_status"),
+        updated_at=bindparam("m_updated"),
+        tool_calls=bindparam("m_tool_calls"),
+    )
+)
+FLUSH_SESSIONS = (
+    update(SESSIONS)
+    .where(SESSIONS.c.id == bindparam("s_id"))
+    .values(
+        last_seq=bindparam("s_seq"),
+        updated_at=bindparam("s_updated"),
+        input_tokens=bindparam("s_in"),
+        output_tokens=bindparam("s_out"),
+    )
+)
+FINISH_RUNS = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("r_id"))
+    .values(
+        status=bindparam("r_status"),
+        upstream_run_id=bindparam("r_upstream"),
+        finished_at=bindparam("r_finished"),
+        usage=bindparam("r_usage"),
+        error=bindparam("r_error"),
+        error_code=bindparam("r_code"),
+        finish_reason=bindparam("r_finish"),
+    )
+)
 
 
 def hash_token(token: str) -> str:
@@ -750,19 +799,7 @@ class Store:
             partial = [m for m in batch.messages if m.content is None]
             if whole:
                 await conn.execute(
-                    update(MESSAGES)
-                    .where(MESSAGES.c.id == bindparam("m_id"))
-                    .values(
-                        content=bindparam("m_content"),
-                        reasoning=bindparam("m_reasoning"),
-                        status=bindparam("m_status"),
-                        updated_at=bindparam("m_updated"),
-                        tool_calls=bindparam("m_tool_calls"),
-                        finish_reason=bindparam("m_finish"),
-                        token_count=func.coalesce(
-                            bindparam("m_tokens", type_=Integer), MESSAGES.c.token_count
-                        ),
-                    ),
+                    FLUSH_WHOLE_MESSAGES,
                     [
                         {
                             "m_id": m.id,
@@ -777,19 +814,10 @@ class Store:
                         for m in whole
                     ],
                 )
-                await conn.execute(
-                    delete(CHUNKS).where(CHUNKS.c.message_id == bindparam("m_id")),
-                    [{"m_id": m.id} for m in whole],
-                )
+                await conn.execute(DELETE_MESSAGE_CHUNKS, [{"m_id": m.id} for m in whole])
             if partial:
                 await conn.execute(
-                    update(MESSAGES)
-                    .where(MESSAGES.c.id == bindparam("m_id"))
-                    .values(
-                        status=bindparam("m_status"),
-                        updated_at=bindparam("m_updated"),
-                        tool_calls=bindparam("m_tool_calls"),
-                    ),
+                    FLUSH_PARTIAL_MESSAGES,
                     [
                         {
                             "m_id": m.id,
@@ -810,17 +838,10 @@ class Store:
                     if text
                 ]
                 if chunks:
-                    await conn.execute(insert(CHUNKS), chunks)
+                    await conn.execute(INSERT_CHUNKS, chunks)
             if batch.sessions:
                 await conn.execute(
-                    update(SESSIONS)
-                    .where(SESSIONS.c.id == bindparam("s_id"))
-                    .values(
-                        last_seq=bindparam("s_seq"),
-                        updated_at=bindparam("s_updated"),
-                        input_tokens=bindparam("s_in"),
-                        output_tokens=bindparam("s_out"),
-                    ),
+                    FLUSH_SESSIONS,
                     [
                         {
                             "s_id": sid,
@@ -832,19 +853,22 @@ class Store:
                         for sid, (seq, updated, tin, tout) in batch.sessions.items()
                     ],
                 )
-            for run in batch.runs:
+            if batch.runs:
                 await conn.execute(
-                    update(Run)
-                    .where(Run.id == run.run_id)
-                    .values(
-                        status=run.status,
-                        upstream_run_id=run.upstream_run_id,
-                        finished_at=run.finished_at,
-                        usage=dump_json(run.usage),
-                        error=run.error,
-                        error_code=run.error_code,
-                        finish_reason=run.finish_reason,
-                    )
+                    FINISH_RUNS,
+                    [
+                        {
+                            "r_id": run.run_id,
+                            "r_status": run.status,
+                            "r_upstream": run.upstream_run_id,
+                            "r_finished": run.finished_at,
+                            "r_usage": dump_json(run.usage),
+                            "r_error": run.error,
+                            "r_code": run.error_code,
+                            "r_finish": run.finish_reason,
+                        }
+                        for run in batch.runs
+                    ],
                 )
 
         await self._transact(tx)
@@ -1105,7 +1129,7 @@ class _RunInsert:
             first = await inserts[0].ids.take(conn, len(rows))
             ids = list(range(first, first + len(rows)))
             await conn.execute(
-                insert(MESSAGES), [{**m, "id": n} for m, n in zip(rows, ids, strict=True)]
+                INSERT_MESSAGE_ROWS, [{**m, "id": n} for m, n in zip(rows, ids, strict=True)]
             )
         elif rows:
             ids = [row[0] for row in await conn.execute(INSERT_MESSAGES, rows)]
