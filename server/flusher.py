@@ -22,6 +22,8 @@ class Flusher:
         self.store = store
         self.interval = interval
         self._lock = asyncio.Lock()
+        self._ends: list[tuple[SessionState, RunFinish, asyncio.Future[None]]] = []
+        self._ender: asyncio.Future[None] | None = None
         self.flushes = 0
         self.last_batch_size = 0
 
@@ -44,10 +46,39 @@ class Flusher:
             await self._write(states, [], exact=exact)
 
     async def persist(self, state: SessionState, finish: RunFinish) -> None:
-        """Write one session's in-flight state together with the end of its run."""
-        async with self._lock:
-            self.hub.dirty.discard(state.id)
-            await self._write([state], [finish], exact=False)
+        """Write one session's in-flight state together with the end of its run.
+
+        Ends that come in while a write is in progress are written together in the next one
+        (runs of many sessions often end at once: each would otherwise cost a transaction).
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ends.append((state, finish, future))
+        if self._ender is None or self._ender.done():
+            self._ender = asyncio.ensure_future(self._write_ends())
+        await future
+
+    async def _write_ends(self) -> None:
+        ends: list[tuple[SessionState, RunFinish, asyncio.Future[None]]] = []
+        try:
+            while self._ends:
+                async with self._lock:
+                    ends, self._ends = self._ends, []
+                    states = list({state.id: state for state, _, _ in ends}.values())
+                    for state in states:
+                        self.hub.dirty.discard(state.id)
+                    try:
+                        await self._write(states, [finish for _, finish, _ in ends], exact=False)
+                    except Exception as exc:
+                        for _, _, future in ends:
+                            if not future.done():
+                                future.set_exception(exc)
+                        continue
+                    for _, _, future in ends:
+                        if not future.done():
+                            future.set_result(None)
+        finally:  # cancelled: no waiter is left hanging
+            for _, _, future in [*ends, *self._ends]:
+                future.cancel()
 
     async def _write(
         self, states: list[SessionState], runs: list[RunFinish], *, exact: bool

@@ -165,7 +165,7 @@ class RunManager:
                     created_at=time.time(),
                 )
                 start_now = state is None or (state.active is None and not state.queue)
-                start = self._start_messages(record) if start_now else None
+                start = await self._start_messages(record) if start_now else None
                 result = await self.store.enqueue_run(
                     record,
                     owner_id=user.id,
@@ -375,7 +375,7 @@ class RunManager:
         state.state_events = []
         active.task = self.tasks.spawn(self._drive(state, active), name=f"run:{record.id}")
 
-    def _start_messages(self, record: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _start_messages(self, record: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
         """The rows a run writes when it starts: its question (counted here, once) and its
         (empty) answer."""
         common = {"session_id": record.session_id, "run_id": record.id}
@@ -386,7 +386,7 @@ class RunManager:
                 "role": "user",
                 "content": question,
                 "status": MessageStatus.COMPLETE.value,
-                "token_count": self.tokens.count(question),
+                "token_count": await self.tokens.count_async(question),
             },
             {**common, "role": "assistant", "content": "", "status": MessageStatus.STREAMING.value},
         )
@@ -440,7 +440,7 @@ class RunManager:
     async def _execute(self, state: SessionState, active: ActiveRun, upstream: Upstream) -> Outcome:
         record = active.record
         if active.message_ids is None:
-            question, answer = self._start_messages(record)
+            question, answer = await self._start_messages(record)
             active.input_tokens = question["token_count"]
             active.message_ids = await self.store.start_run(record.id, question, answer)
         user_message_id, assistant_id = active.message_ids
@@ -689,7 +689,7 @@ class RunManager:
                     MESSAGE_STATUS[outcome.status],
                     output=outcome.output,
                     finish_reason=outcome.finish_reason,
-                    count=self.tokens.count,
+                    count=self.tokens.count_async,
                 )
             reported = outcome.usage or {}
             state.input_tokens = reported.get("input_tokens", active.context_tokens)

