@@ -690,6 +690,7 @@ class RunManager:
                     output=outcome.output,
                     finish_reason=outcome.finish_reason,
                     count=self.tokens.count_async,
+                    reported_output=(outcome.usage or {}).get("output_tokens"),
                 )
             reported = outcome.usage or {}
             state.input_tokens = reported.get("input_tokens", active.context_tokens)

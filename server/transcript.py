@@ -242,12 +242,17 @@ class Transcript:
         output: str | None,
         finish_reason: str | None,
         count: Callable[[str], Awaitable[int]] | None = None,
+        reported_output: int | None = None,
     ) -> int:
         """End the run's messages with ``status``.
 
         When nothing was streamed, the upstream's final output (if any) becomes the answer;
         a run that wrote nothing at all still leaves an empty assistant message carrying its
         status, so the transcript shows what happened.
+
+        Messages are counted with ``count``, except a plain answer (one assistant message,
+        no reasoning, no tool calls) of a run whose upstream reported its output tokens: that
+        figure is the model's own count of exactly this text.
         """
         if not any(d.role == "assistant" and d.content for d in self.drafts) and output:
             (await self.assistant()).set_content(output)
@@ -260,6 +265,15 @@ class Transcript:
                 draft.status = status
                 draft.dirty = True
         output_tokens = 0
+        plain = (
+            len(self.drafts) == 1
+            and self.drafts[0].role == "assistant"
+            and not self.drafts[0].reasoning
+            and not self.drafts[0].tool_calls
+        )
+        if plain and reported_output is not None and status == MessageStatus.COMPLETE:
+            self.drafts[0].token_count = reported_output
+            self.drafts[0].dirty = True
         for draft in self.drafts:
             if count is not None and draft.token_count is None:
                 draft.token_count = await count(draft.content)

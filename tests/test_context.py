@@ -281,9 +281,14 @@ async def test_counts_are_computed_once_and_stored(
         before = tokens.calls
         await run(chat, "once", f"short question {i}")
         calls.append(tokens.calls - before)
-    assert calls == [2, 2, 2]  # the question and the answer, nothing re-counted
+    # the question; the answer's count is the one the upstream reported (the fake reports
+    # one token per word); nothing is re-counted
+    assert calls == [1, 1, 1]
     rows = small.query("SELECT role, content, token_count FROM messages WHERE session_id='once'")
-    assert rows and all(r["token_count"] == COUNTER.count(r["content"]) for r in rows)
+    assert rows
+    for r in rows:
+        expected = COUNTER.count(r["content"]) if r["role"] == "user" else len(r["content"].split())
+        assert r["token_count"] == expected
     # a message stored without a count is counted once, lazily, and the count saved
     conn = small.db()
     conn.execute("UPDATE messages SET token_count = NULL WHERE session_id='once' AND role='user'")
@@ -291,10 +296,10 @@ async def test_counts_are_computed_once_and_stored(
     conn.close()
     before = tokens.calls
     await run(chat, "once", "again")
-    assert tokens.calls - before == 2 + 4  # four old questions counted lazily
+    assert tokens.calls - before == 1 + 4  # four old questions counted lazily
     before = tokens.calls
     await run(chat, "once", "and again")
-    assert tokens.calls - before == 2
+    assert tokens.calls - before == 1
     assert small.query("SELECT count(*) AS n FROM messages WHERE token_count IS NULL")[0]["n"] == 0
 
 
@@ -321,10 +326,34 @@ async def test_usage_prefers_upstream_figures_and_counts_otherwise(
     assert name == "run.completed"
     usage = chat.named("usage.updated")[-1]
     assert usage["outputTokens"] == COUNTER.count("four words of answer")
-    assert usage["inputTokens"] == sent_tokens(hermes.bodies()[-1])
+    # the first answer counts as the 45 tokens its upstream reported
+    answer = COUNTER.count("four words of answer")
+    assert usage["inputTokens"] == sent_tokens(hermes.bodies()[-1]) - answer + 45
     assert usage["contextTokens"] > usage["inputTokens"]
     names = [e for e, d in chat.events if d.get("run_id") == done["run_id"]]
     assert names.index("usage.updated") == names.index("run.completed") - 1
+
+    async def thinking(run: FakeRun) -> None:
+        await run._event("reasoning.delta", text="let me think about it at some length first")
+        await run.delta("four words of answer")
+        await run.complete(usage={"input_tokens": 50, "output_tokens": 60})
+
+    hermes.script = thinking
+    await run(chat, "usage", "and a third")
+    # the stored answers: the upstream's own figure for a plain answer; counted here when
+    # nothing was reported, or when the reported figure covers reasoning too
+    counts = [
+        r["token_count"]
+        for r in small.query(
+            "SELECT token_count FROM messages WHERE session_id='usage' AND role='assistant' "
+            "ORDER BY id"
+        )
+    ]
+    assert counts == [
+        45,
+        COUNTER.count("four words of answer"),
+        COUNTER.count("four words of answer"),
+    ]
 
 
 async def test_compact_now(small: ChatrunServer, hermes: FakeHermes, chat: Tab) -> None:
