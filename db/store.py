@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.engine import create_engine, migrate
+from db.idfilter import IdFilter
 from db.models import ContextSnapshot, Message, MessageChunk, Run, Session, UpstreamConfigRow, User
 from db.records import (
     Enqueued,
@@ -115,12 +116,29 @@ class Store:
         self._writer: asyncio.Future[None] | None = None
         self.transactions = 0  # write transactions committed (a metric)
         self._message_ids = MessageIds()
+        # ids of the stored sessions (and of those being created), kept where this process is
+        # the database's only writer (SQLite); see ``may_have_session``
+        self._session_ids: IdFilter | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
         self._engine = create_engine(self.url)
         await migrate(self._engine)
+        if self._engine.dialect.name == "sqlite":
+            ids = IdFilter()
+            async with self._read() as conn:
+                result = await conn.stream(select(SESSIONS.c.id))
+                async for partition in result.partitions(10_000):
+                    for (session_id,) in partition:
+                        ids.add(session_id)
+            self._session_ids = ids
+
+    def may_have_session(self, session_id: str) -> bool:
+        """False only when no session with this id is stored or being created. Exact in that
+        direction where this process is the database's only writer (SQLite); with any other
+        database it always answers True."""
+        return self._session_ids is None or session_id in self._session_ids
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -416,6 +434,8 @@ class Store:
             return await insert_run(conn, create_session=owner is None)
 
         run.position = position or 1
+        if position is None and self._session_ids is not None:
+            self._session_ids.add(run.session_id)  # (a failed create leaves only a maybe)
         fast = _RunInsert.build(
             run,
             owner_id=owner_id,

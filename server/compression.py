@@ -55,6 +55,11 @@ class Fitted:
     limit: int
 
 
+def _limit_key(upstream: Upstream) -> tuple[str, str, str, str, int | None]:
+    config = upstream.config
+    return (config.name, config.kind, config.url, config.model, config.context_length)
+
+
 def cost(items: list[HistoryItem]) -> int:
     return sum(i.token_count + MESSAGE_OVERHEAD for i in items)
 
@@ -89,7 +94,7 @@ class Compressor:
         default setting (cached per profile)."""
         config = upstream.config
         name = config.name
-        key = (name, config.kind, config.url, config.model, config.context_length)
+        key = _limit_key(upstream)
         cached = self._limits.get(key)
         if cached is None:
             cached = upstream.config.context_length
@@ -102,6 +107,22 @@ class Compressor:
             cached = cached or self.settings.context_limit
             self._limits[key] = cached
         return cached
+
+    async def learn_limit(self, upstream: Upstream) -> None:
+        """Look the window up ahead of any run; an upstream that cannot answer now is asked
+        again by the first run that needs it."""
+        key = _limit_key(upstream)
+        if key in self._limits:
+            return
+        try:
+            reported = upstream.config.context_length or await upstream.context_length()
+        except UpstreamError:
+            return
+        self._limits[key] = reported or self.settings.context_limit
+
+    def known_limit(self, upstream: Upstream) -> int | None:
+        """The profile's context window if it is known without asking the upstream."""
+        return upstream.config.context_length or self._limits.get(_limit_key(upstream))
 
     def window(self, limit: int) -> int:
         """Tokens a request may use: the window less the part kept for the answer."""

@@ -30,6 +30,7 @@ from server.errors import (
 from server.events import RunInput, RunPayload, input_text, new_run_id
 from server.flusher import Flusher
 from server.metrics import Metrics
+from server.prestart import Prestart, discard, prestart
 from server.sessions import SEQ_BLOCK, ActiveRun, SessionHub, SessionState
 from server.settings import Settings
 from server.tasks import IdleWatch, TaskSet
@@ -48,7 +49,7 @@ from server.upstream.base import (
     UpstreamRequest,
     UpstreamRun,
 )
-from server.upstream.health import UpstreamHealth
+from server.upstream.health import UNREACHABLE, UpstreamHealth
 from server.upstream.registry import Upstreams
 
 log = logging.getLogger("chatrun.runs")
@@ -166,14 +167,23 @@ class RunManager:
                 )
                 start_now = state is None or (state.active is None and not state.queue)
                 start = await self._start_messages(record) if start_now else None
-                result = await self.store.enqueue_run(
-                    record,
-                    owner_id=user.id,
-                    title=req.title,
-                    seq_reserve=SEQ_BLOCK,
-                    start=start,
-                    position=state.next_position if state is not None else None,
-                )
+                early = self._send_early(record, start) if state is None else None
+                try:
+                    result = await self.store.enqueue_run(
+                        record,
+                        owner_id=user.id,
+                        title=req.title,
+                        seq_reserve=SEQ_BLOCK,
+                        start=start,
+                        position=state.next_position if state is not None else None,
+                    )
+                except BaseException:
+                    self._discard(early)
+                    raise
+                if result.session is None or result.started is None:
+                    # not a new session starting this run: the early request is not its own
+                    self._discard(early)
+                    early = None
                 if not result.clash or state is not None:
                     break
                 state = await self.hub.get(req.session_id)
@@ -186,7 +196,11 @@ class RunManager:
                 state = await self.hub.get(req.session_id)
                 if state is None:
                     raise NotFound("the session vanished while the run was queued")
-            await self.hub.emitter.join(sid, state.id)
+            try:
+                await self.hub.emitter.join(sid, state.id)
+            except BaseException:
+                self._discard(early)
+                raise
             if result.duplicate:
                 return self._ack(state, record, duplicate=True)
             state.next_position = max(state.next_position, record.position + 1)
@@ -197,6 +211,7 @@ class RunManager:
                     result.started,
                     fresh=result.session is not None,
                     input_tokens=start[0]["token_count"] if start is not None else None,
+                    early=early,
                 )
             else:
                 state.queue.append(record)
@@ -369,8 +384,11 @@ class RunManager:
         *,
         fresh: bool = False,
         input_tokens: int | None = None,
+        early: Prestart | None = None,
     ) -> None:
-        active = ActiveRun(record, message_ids=message_ids, fresh=fresh, input_tokens=input_tokens)
+        active = ActiveRun(
+            record, message_ids=message_ids, fresh=fresh, input_tokens=input_tokens, early=early
+        )
         state.active = active
         state.state_events = []
         active.task = self.tasks.spawn(self._drive(state, active), name=f"run:{record.id}")
@@ -390,6 +408,46 @@ class RunManager:
             },
             {**common, "role": "assistant", "content": "", "status": MessageStatus.STREAMING.value},
         )
+
+    def _instructions(self, record: RunRecord) -> str | None:
+        parts = (self.settings.system_prompt, record.instructions)
+        return "\n\n".join(p for p in parts if p) or None
+
+    def _send_early(
+        self, record: RunRecord, start: tuple[dict[str, Any], dict[str, Any]] | None
+    ) -> Prestart | None:
+        """Send the first run of a session with no history here upstream before its enqueue
+        commits (see ``server/prestart.py``)."""
+        if start is None or self.store.may_have_session(record.session_id):
+            return None  # a stored session (evicted, or from before a restart) has history
+        if self.health.get(record.profile).state == UNREACHABLE:
+            return None  # the run fails fast instead
+        try:
+            upstream = self.upstreams.get(record.profile)
+        except ChatrunError:
+            return None
+        limit = self.compressor.known_limit(upstream)
+        if limit is None or start[0]["token_count"] * 2 > self.compressor.window(limit):
+            return None  # the window is not known yet, or the input may have to be split
+        request = UpstreamRequest(
+            session_id=record.session_id,
+            input=record.input,
+            history=[],
+            instructions=self._instructions(record),
+            model=record.model,
+        )
+        return prestart(upstream, request, self.tasks, f"prestart:{record.id}")
+
+    async def learn_windows(self) -> None:
+        """Look up each upstream's context window at start-up, so that even the first runs
+        can be sent early."""
+        for upstream in self.upstreams.all():
+            await self.compressor.learn_limit(upstream)
+
+    def _discard(self, early: Prestart | None) -> None:
+        if early is not None:
+            self.metrics.sent_early.labels("stopped").inc()
+            self.tasks.spawn(discard(early, self.settings.abort_grace), name="discard-prestart")
 
     async def _drive(self, state: SessionState, active: ActiveRun) -> None:
         record = active.record
@@ -434,6 +492,8 @@ class RunManager:
                 RunStatus.FAILED, error=f"internal error ({type(exc).__name__})", code="internal"
             )
         finally:
+            self._discard(active.early)  # the run ended before it sent its request
+            active.early = None
             if active.handle is not None:
                 await active.handle.aclose()
 
@@ -447,9 +507,7 @@ class RunManager:
         state.transcript = Transcript(
             state.id, record.id, self.store.insert_message, assistant_id=assistant_id
         )
-        instructions = (
-            "\n\n".join(p for p in (self.settings.system_prompt, record.instructions) if p) or None
-        )
+        instructions = self._instructions(record)
         await self.health.ensure_reachable(record.profile)
         compacting = self._compacting.get(state.id)
         if compacting is not None:
@@ -466,17 +524,23 @@ class RunManager:
         if active.aborting:
             active.stop_confirmed = True
             return Outcome(RunStatus.CANCELLED)
-        active.requested = time.perf_counter()
-        handle = await upstream.start(
-            UpstreamRequest(
-                session_id=state.id,
-                input=send,
-                history=fitted.history,
-                instructions=instructions,
-                model=record.model,
-                context_summary=fitted.summary,
-            )
+        request = UpstreamRequest(
+            session_id=state.id,
+            input=send,
+            history=fitted.history,
+            instructions=instructions,
+            model=record.model,
+            context_summary=fitted.summary,
         )
+        early, active.early = active.early, None
+        if early is not None and early.matches(upstream, request):
+            self.metrics.sent_early.labels("used").inc()
+            active.requested = early.requested
+            handle = await early.handle()
+        else:
+            self._discard(early)
+            active.requested = time.perf_counter()
+            handle = await upstream.start(request)
         active.handle = handle
         active.progress = time.monotonic()
         self.health.succeeded(record.profile)

@@ -29,6 +29,7 @@ from db.store import Store
 from server.eventlog import EventLog
 from server.events import input_text
 from server.metrics import Metrics
+from server.prestart import Prestart
 from server.settings import Settings
 from server.tasks import TaskSet
 from server.transcript import Transcript
@@ -137,6 +138,7 @@ class ActiveRun:
     progress: float = field(default_factory=time.monotonic)  # last sign of life (monotonic)
     reaped: bool = False  # ended by the stale-run reaper
     compressing: bool = False  # fitting the history (compression has its own time limit)
+    early: Prestart | None = None  # the request sent before the run's enqueue committed
 
     @property
     def id(self) -> str:
