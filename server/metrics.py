@@ -28,7 +28,7 @@ class Metrics:
         self.sent_early = Counter(
             "chatrun_runs_sent_early",
             "First runs of new sessions sent upstream before their enqueue committed, by "
-            "whether the run used the answer or it was stopped",
+            "whether the run used the answer (unused ones are stopped)",
             ["outcome"],
             registry=r,
         )

@@ -59,7 +59,7 @@ async def discard(early: Prestart, stop_timeout: float) -> None:
     if isinstance(handle, UpstreamError):
         return
     try:
-        with contextlib.suppress(Exception, TimeoutError):
+        with contextlib.suppress(Exception):  # a stop that fails or times out
             async with asyncio.timeout(stop_timeout):
                 await handle.stop()
     finally:

@@ -446,7 +446,7 @@ class RunManager:
 
     def _discard(self, early: Prestart | None) -> None:
         if early is not None:
-            self.metrics.sent_early.labels("stopped").inc()
+            self.metrics.sent_early.labels("unused").inc()
             self.tasks.spawn(discard(early, self.settings.abort_grace), name="discard-prestart")
 
     async def _drive(self, state: SessionState, active: ActiveRun) -> None:

@@ -34,7 +34,7 @@ async def test_first_runs_of_new_sessions_are_sent_once_and_used(
     server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     await asyncio.gather(*(finish(tab, f"new-{i}", f"question {i}") for i in range(5)))
-    assert sent_early(server, "used") == 5 and sent_early(server, "stopped") == 0
+    assert sent_early(server, "used") == 5 and sent_early(server, "unused") == 0
     bodies = hermes.bodies()
     assert sorted(b["session_id"] for b in bodies) == [f"new-{i}" for i in range(5)]
     assert not hermes.stop_calls
@@ -56,7 +56,7 @@ async def test_a_stored_session_is_never_sent_early_without_its_history(
         await finish(again, "kept", "which word?")
     finally:
         await again.close()
-    assert sent_early(server, "used") == 0 and sent_early(server, "stopped") == 0
+    assert sent_early(server, "used") == 0 and sent_early(server, "unused") == 0
     bodies = hermes.bodies()
     assert len(bodies) == 2 and not hermes.stop_calls
     history = bodies[1]["conversation_history"]
