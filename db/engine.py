@@ -8,7 +8,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -16,9 +16,13 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; SQLite connections get WAL, a busy timeout and foreign keys."""
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_async_engine(url)
+    # Every connection is used in a ``begin()`` block (committed or rolled back) or a
+    # ``connect()`` block (rolled back when it closes), so the pool's extra rollback on return
+    # would be one more trip to the database thread after every commit.
+    engine = create_async_engine(url, pool_reset_on_return=None)
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
 
