@@ -129,8 +129,6 @@ class Store:
         self._engine = create_engine(self.url)
         await migrate(self._engine)
         if self._engine.dialect.name == "sqlite":
-            async with self._read() as conn:  # the first burst of runs must not wait for it
-                await self._message_ids.take(conn, 0)
             ids = IdFilter()
             async with self._read() as conn:
                 result = await conn.stream(select(SESSIONS.c.id))
@@ -1025,6 +1023,10 @@ class MessageIds:
         self.last += count
         return first
 
+    def forget(self) -> None:
+        """The count is off (the table was written by someone else): read it again."""
+        self.last = None
+
     def seen(self, message_id: int) -> int:
         """An id the database chose itself (autoincrement): never hand it out again."""
         if self.last is not None:
@@ -1195,6 +1197,8 @@ class _RunInsert:
                 _insert_runs, driver._conn, sql, plan
             )
         except sqlite3.Error as exc:  # what SQLAlchemy would have raised (IntegrityError, …)
+            if "messages.id" in str(exc):
+                inserts[0].ids.forget()  # another process wrote messages: read the highest again
             raise DBAPIError.instance(
                 sql["run"][0], None, exc, sqlite3.Error, dialect=dialect
             ) from None

@@ -137,3 +137,32 @@ async def test_message_ids_never_collide_or_come_back(tmp_path: Path) -> None:
         assert await store.integrity_check() == "ok"
     finally:
         await store.close()
+
+
+async def test_messages_written_by_another_process_do_not_break_new_runs(tmp_path: Path) -> None:
+    """The store counts message ids itself; when something else wrote messages (a restore, a
+    script), the clash is noticed and the count read again, and the run is stored."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await store.open()
+    try:
+        user = await store.ensure_user("alice")
+        first = new_run("a")
+        await store.enqueue_run(
+            first, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(first)
+        )
+        outside = sqlite3.connect(tmp_path / "chatrun.db")
+        outside.executemany(
+            "INSERT INTO messages (session_id, role, content, reasoning, status, created_at, "
+            "updated_at) VALUES ('a', 'user', 'pasted', '', 'complete', 0, 0)",
+            [()] * 5,
+        )
+        outside.commit()
+        outside.close()
+        run = new_run("b")
+        result = await store.enqueue_run(
+            run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
+        )
+        assert result.started is not None and not result.clash
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
