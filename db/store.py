@@ -1132,44 +1132,20 @@ class _RunInsert:
     async def run_many(conn: AsyncConnection, inserts: list[_RunInsert]) -> list[Enqueued]:
         if conn.dialect.name == "sqlite":
             driver = (await conn.get_raw_connection()).driver_connection
-            if isinstance(driver, aiosqlite.Connection):
-                return await _RunInsert._run_many_in_thread(conn, driver, inserts)
-        everything = inserts
+            assert isinstance(driver, aiosqlite.Connection)  # SQLite's only async driver
+            return await _RunInsert._run_many_in_thread(conn, driver, inserts)
         sessions = [i.session_row for i in inserts if i.session_row is not None]
-        if sessions and conn.dialect.name == "sqlite":
-            # a session that is already stored is a clash: its run is not written here
-            created = {
-                row[0] for row in await conn.execute(INSERT_NEW_SESSIONS, sessions) if row[0]
-            }
-            clashes = [i for i in inserts if i.session_row and i.session_row["id"] not in created]
-            if clashes:
-                for i in clashes:
-                    i.enqueued.clash = True
-                    i.enqueued.session = None
-                inserts = [i for i in inserts if not i.enqueued.clash]
-                if not inserts:
-                    return [i.enqueued for i in clashes]
-        elif sessions:
+        if sessions:
             await conn.execute(INSERT_SESSION, sessions)
         await conn.execute(INSERT_RUN, [i.run_row for i in inserts])
         rows = [m for i in inserts for m in i.messages]
-        ids: list[int] = []
-        if rows and conn.dialect.name == "sqlite":
-            # SQLite cannot order RETURNING rows (SQLAlchemy would insert row by row): the
-            # transaction holds the write lock now, so the next ids are ours to assign.
-            first = await inserts[0].ids.take(conn, len(rows))
-            ids = list(range(first, first + len(rows)))
-            await conn.execute(
-                INSERT_MESSAGE_ROWS, [{**m, "id": n} for m, n in zip(rows, ids, strict=True)]
-            )
-        elif rows:
-            ids = [row[0] for row in await conn.execute(INSERT_MESSAGES, rows)]
+        ids = [row[0] for row in await conn.execute(INSERT_MESSAGES, rows)] if rows else []
         for i in inserts:
             if i.messages:
                 user_id, assistant_id = ids[0], ids[1]
                 del ids[:2]
                 i.enqueued.started = (int(user_id), int(assistant_id))
-        return [i.enqueued for i in everything]
+        return [i.enqueued for i in inserts]
 
     @staticmethod
     async def _run_many_in_thread(
@@ -1182,6 +1158,8 @@ class _RunInsert:
         that wait, not SQLite, was most of a new run's time to its first token. The statements
         are SQLAlchemy's own, compiled once for this dialect.
         """
+        # SQLite cannot order RETURNING rows of a multi-row insert: the transaction holds the
+        # write lock, so the next message ids are ours to assign (a clash leaves a gap)
         rows = sum(len(i.messages) for i in inserts)
         next_id = await inserts[0].ids.take(conn, rows) if rows else 0
         plan: list[tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]] = []
