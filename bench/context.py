@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import socketio
 from sqlalchemy import insert
 
@@ -110,7 +110,7 @@ async def measure(messages: int, rounds: int) -> dict[str, Any]:
         store = Store(settings.resolved_database_url)
         await store.open()
         tokens = TokenCounter()
-        transport = httpx.AsyncHTTPTransport()
+        http = aiohttp.ClientSession()
         try:
             await _populate(store, tokens, messages)
             hub = SessionHub(
@@ -124,7 +124,7 @@ async def measure(messages: int, rounds: int) -> dict[str, Any]:
             compressor = Compressor(settings, store, hub, tokens)
             upstream = HermesUpstream(
                 UpstreamConfig(name="default", kind="hermes", url="http://127.0.0.1:9"),
-                transport,
+                http,
                 connect_timeout=1,
                 read_timeout=1,
                 retry_backoff=0,
@@ -143,7 +143,7 @@ async def measure(messages: int, rounds: int) -> dict[str, Any]:
             assert len(fitted.history) == RECENT
             recounted = tokens.calls - calls_before
         finally:
-            await transport.aclose()
+            await http.close()
             await store.close()
     rng = random.Random(7)
     alphabet = string.ascii_lowercase + "ÄéΩ日本,.;:!?0123456789"

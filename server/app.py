@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import socketio
 from aiohttp import web
-from httpx_aiohttp import AiohttpTransport
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from db.store import Store
@@ -178,11 +177,10 @@ def _lifecycle(chatrun: Chatrun) -> Any:
             timeout=aiohttp.ClientTimeout(total=None),
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
         )
-        transport = AiohttpTransport(client=session)
         try:
             await chatrun.auth.prepare()
             chatrun.admin_api.prepare()
-            upstreams = Upstreams(settings, transport, chatrun.store)
+            upstreams = Upstreams(settings, session, chatrun.store)
             await upstreams.load()
             chatrun.start_components(upstreams)
             assert chatrun.namespace is not None
@@ -201,7 +199,6 @@ def _lifecycle(chatrun: Chatrun) -> Any:
             await chatrun.tasks.cancel_all()
             if chatrun._upstreams is not None:
                 await chatrun.upstreams.aclose()
-            await transport.aclose()
             await session.close()
             await chatrun.store.close()
 

@@ -6,7 +6,7 @@ import asyncio
 import random
 import string
 
-import httpx
+import aiohttp
 
 from db.idfilter import IdFilter
 from server.prestart import discard, prestart
@@ -64,10 +64,10 @@ async def test_a_stored_session_is_never_sent_early_without_its_history(
 
 
 async def test_an_early_run_nobody_reads_is_stopped(hermes: FakeHermes) -> None:
-    transport = httpx.AsyncHTTPTransport()
+    http = aiohttp.ClientSession()
     upstream = HermesUpstream(
         UpstreamConfig(name="default", kind="hermes", url=hermes.url),
-        transport,
+        http,
         connect_timeout=2,
         read_timeout=5,
         retry_backoff=0,
@@ -90,7 +90,7 @@ async def test_an_early_run_nobody_reads_is_stopped(hermes: FakeHermes) -> None:
         assert hermes.stop_calls == [run.run_id]
     finally:
         await tasks.cancel_all()
-        await transport.aclose()
+        await http.close()
 
 
 def test_id_filter_never_forgets_an_id_and_rarely_imagines_one() -> None:

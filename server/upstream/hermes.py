@@ -9,7 +9,6 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeGuard
 
-import httpx
 import orjson
 from httpx_sse import SSEError
 
@@ -26,7 +25,7 @@ from server.upstream.base import (
     UpstreamEvent,
     UpstreamRequest,
 )
-from server.upstream.http_common import HttpAdapter, http_error, transport_error
+from server.upstream.http_common import HTTP_ERRORS, HttpAdapter, http_error, transport_error
 
 log = logging.getLogger("chatrun.upstream.hermes")
 
@@ -93,10 +92,10 @@ class HermesUpstream(HttpAdapter):
     async def _post_run(self, url: str, body: dict[str, Any]) -> HermesRun:
         try:
             response = await self.fetch("POST", url, body)
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             raise transport_error(exc, self._base) from None
-        if response.status_code not in (200, 201, 202):
-            raise http_error(response.status_code, response.text, "runs API (/v1/runs)")
+        if response.status not in (200, 201, 202):
+            raise http_error(response.status, response.text, "runs API (/v1/runs)")
         try:
             data = response.json()
             run_id = data["run_id"]
@@ -111,9 +110,9 @@ class HermesUpstream(HttpAdapter):
     async def health(self) -> str:
         try:
             response = await self.fetch("GET", f"{self._base}/health")
-        except httpx.HTTPError:
+        except HTTP_ERRORS:
             return "unreachable"
-        return "ready" if response.status_code == 200 else "unreachable"
+        return "ready" if response.status == 200 else "unreachable"
 
     async def ensure_model(self, on_progress: Callable[[float], None] | None = None) -> str:
         # The agent picks its own model; being reachable is all that can be checked.
@@ -140,11 +139,9 @@ class HermesRun:
         url = f"{up._base}/v1/runs/{self.upstream_run_id}/events"
         try:
             async with up.event_source("GET", url) as source:
-                response = source.response
-                if response.status_code != 200:
-                    await response.aread()
-                    raise http_error(response.status_code, response.text, "event stream")
-                async for sse in source.aiter_sse():
+                if source.status != 200:
+                    raise http_error(source.status, await source.text(), "event stream")
+                async for sse in source.events():
                     if not sse.data:
                         continue
                     event = parse_event(sse.data)
@@ -157,7 +154,7 @@ class HermesRun:
             raise UpstreamError(
                 f"The upstream event stream is not SSE: {exc}", UpstreamCode.PROTOCOL
             ) from None
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             raise transport_error(exc, up._base) from None
         raise UpstreamError(
             "The upstream event stream ended before the run finished",
@@ -168,10 +165,10 @@ class HermesRun:
         up = self._upstream
         try:
             response = await up.fetch("POST", f"{up._base}/v1/runs/{self.upstream_run_id}/stop")
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             log.warning("stop request for %s failed: %s", self.upstream_run_id, type(exc).__name__)
             return False
-        return response.status_code == 200
+        return response.status == 200
 
     async def aclose(self) -> None:
         self._closed = True

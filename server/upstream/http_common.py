@@ -3,15 +3,21 @@ upstream become ``UpstreamError``s."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import httpx
 import orjson
-from httpx_sse import EventSource
+from httpx_sse import ServerSentEvent, SSEError
+
+# httpx-sse's incremental decoders (pinned below 0.5 in pyproject): the public
+# ``EventSource`` wants an ``httpx.Response``, and building those costs more per run than the
+# request itself.
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from server.errors import UpstreamCode, UpstreamError
 from server.upstream.base import UpstreamConfig
@@ -55,20 +61,22 @@ def _error_detail(body: str) -> str:
     return body.strip()[:MAX_ERROR_BODY]
 
 
-def transport_error(exc: httpx.HTTPError, url: str) -> UpstreamError:
-    """Translate an httpx transport error; only pre-send failures are retryable."""
-    cause = exc.__cause__
-    connect_failed = isinstance(exc, httpx.ConnectError) or isinstance(
-        cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-    )
-    if connect_failed:
+# What a request to an upstream can raise besides an answer: aiohttp's errors, and its
+# timeouts (``asyncio.TimeoutError`` is ``TimeoutError``).
+HTTP_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
+
+
+def transport_error(exc: BaseException, url: str) -> UpstreamError:
+    """Translate a transport failure (one of ``HTTP_ERRORS``); only failures before anything
+    was sent are retryable."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
         return UpstreamError(
             f"Cannot reach the upstream at {url} ({type(exc).__name__}). "
             "Check that it is running and that the upstream URL is right.",
             UpstreamCode.UNAVAILABLE,
             retryable=True,
         )
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return UpstreamError(f"The upstream at {url} did not answer in time", UpstreamCode.TIMEOUT)
     return UpstreamError(
         f"The connection to the upstream broke ({type(exc).__name__})",
@@ -76,76 +84,130 @@ def transport_error(exc: httpx.HTTPError, url: str) -> UpstreamError:
     )
 
 
-class HttpAdapter:
-    """Base of the adapters that speak HTTP.
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole HTTP answer."""
 
-    Requests go straight to the app's shared ``httpx`` transport (the aiohttp one) as
-    ``httpx.Request``s: the adapters use no redirects, cookies, auth flows or event hooks, so
-    the client layers around a transport would only cost time on every run's start.
-    """
+    status: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON (``ValueError`` if it is not)."""
+        return orjson.loads(self.body)
+
+
+class EventStream:
+    """An answer whose headers are in and whose body is read as server-sent events."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    async def text(self) -> str:
+        """The rest of the body (an error answer's explanation)."""
+        return (await self._response.read()).decode("utf-8", "replace")
+
+    async def events(self) -> AsyncIterator[ServerSentEvent]:
+        """The stream's events (``SSEError`` if the answer is not an event stream).
+
+        Chunks go through httpx-sse's line and event decoders as they arrive (lines may end
+        in CR, LF or CRLF and may be split across chunks; text split inside a UTF-8 sequence
+        is joined first).
+        """
+        kind = self._response.headers.get("Content-Type", "").partition(";")[0]
+        if "text/event-stream" not in kind:
+            raise SSEError(
+                f"Expected response header Content-Type to contain 'text/event-stream', "
+                f"got {kind!r}"
+            )
+        text = codecs.getincrementaldecoder("utf-8")("replace")
+        lines = SSELineDecoder()
+        decoder = SSEDecoder()
+        async for chunk in self._response.content.iter_any():
+            for line in lines.decode(text.decode(chunk)):
+                sse = decoder.decode(line)
+                if sse is not None:
+                    yield sse
+        rest = text.decode(b"", final=True)  # a sequence cut off by the end of the body
+        for line in [*(lines.decode(rest) if rest else ()), *lines.flush()]:
+            sse = decoder.decode(line)
+            if sse is not None:
+                yield sse
+
+
+class HttpAdapter:
+    """Base of the adapters that speak HTTP, straight over the app's shared aiohttp session
+    (one connection pool for every upstream; no redirects, cookies or auth flows)."""
 
     def __init__(
         self,
         config: UpstreamConfig,
-        transport: httpx.AsyncBaseTransport,
+        http: aiohttp.ClientSession,
         *,
         connect_timeout: float,
         read_timeout: float,
         retry_backoff: float,
     ) -> None:
         self.config = config
-        self._transport = transport
+        self._http = http
         self._base = config.url.rstrip("/")
         # a request waits for its answer no longer than a connection; a stream's reads may
         # pause up to ``read_timeout`` (long model pauses are normal)
-        self._timeout = httpx.Timeout(connect_timeout).as_dict()
-        self._stream_timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
-        ).as_dict()
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=connect_timeout
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=read_timeout
+        )
         self._retry_backoff = retry_backoff
 
-    def _auth(self, headers: dict[str, str]) -> dict[str, str]:
+    def _headers(self, accept: str, body: Any) -> dict[str, str]:
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         return headers
 
-    def _request(
-        self, method: str, url: str, accept: str, body: Any, timeout: dict[str, float | None]
-    ) -> httpx.Request:
-        headers = self._auth({"Accept": accept})
-        content = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            content = encode_json(body)
-        return httpx.Request(
-            method, url, headers=headers, content=content, extensions={"timeout": timeout}
-        )
-
-    async def fetch(self, method: str, url: str, body: Any = None) -> httpx.Response:
-        """Send a request and read its whole answer (``httpx.HTTPError`` on failure)."""
-        request = self._request(method, url, "application/json", body, self._timeout)
-        response = await self._transport.handle_async_request(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
+    async def fetch(self, method: str, url: str, body: Any = None) -> Answer:
+        """Send a request and read its whole answer (one of ``HTTP_ERRORS`` on failure)."""
+        async with self._http.request(
+            method,
+            url,
+            data=None if body is None else encode_json(body),
+            headers=self._headers("application/json", body),
+            timeout=self._timeout,
+            allow_redirects=False,
+        ) as response:
+            return Answer(response.status, await response.read())
 
     @asynccontextmanager
     async def event_source(
         self, method: str, url: str, body: Any = None
-    ) -> AsyncIterator[EventSource]:
-        """Open an event stream; the answer's headers are in, its body is read by the caller."""
-        request = self._request(method, url, "text/event-stream", body, self._stream_timeout)
-        request.headers["Cache-Control"] = "no-store"
-        response = await self._transport.handle_async_request(request)
-        try:
-            yield EventSource(response)
-        finally:
-            await response.aclose()
+    ) -> AsyncIterator[EventStream]:
+        """Open an event stream; the answer's headers are in, its body is read by the caller
+        (leaving early closes the connection)."""
+        headers = self._headers("text/event-stream", body)
+        headers["Cache-Control"] = "no-store"
+        async with self._http.request(
+            method,
+            url,
+            data=None if body is None else encode_json(body),
+            headers=headers,
+            timeout=self._stream_timeout,
+            allow_redirects=False,
+        ) as response:
+            yield EventStream(response)
 
     async def aclose(self) -> None:
-        return None  # the shared transport is closed by the app
+        return None  # the shared session is closed by the app
 
 
 def encode_json(value: Any) -> bytes:

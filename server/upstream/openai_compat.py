@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from httpx_sse import SSEError
 
@@ -28,7 +28,13 @@ from server.upstream.base import (
     UpstreamEvent,
     UpstreamRequest,
 )
-from server.upstream.http_common import HttpAdapter, http_error, transport_error
+from server.upstream.http_common import (
+    HTTP_ERRORS,
+    EventStream,
+    HttpAdapter,
+    http_error,
+    transport_error,
+)
 from server.upstream.profiles import ModelProfile, StreamCleaner, build_messages, profile_for
 
 log = logging.getLogger("chatrun.upstream.openai")
@@ -54,7 +60,7 @@ class OpenAIUpstream(HttpAdapter):
     def __init__(
         self,
         config: UpstreamConfig,
-        transport: httpx.AsyncBaseTransport,
+        http: aiohttp.ClientSession,
         *,
         connect_timeout: float,
         read_timeout: float,
@@ -62,7 +68,7 @@ class OpenAIUpstream(HttpAdapter):
     ) -> None:
         super().__init__(
             config,
-            transport,
+            http,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retry_backoff=retry_backoff,
@@ -109,10 +115,10 @@ class OpenAIUpstream(HttpAdapter):
             return cached[1]
         try:
             response = await self.fetch("GET", f"{self._base}/models")
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             raise transport_error(exc, self._base) from None
-        if response.status_code != 200:
-            raise http_error(response.status_code, response.text, "models list (/models)")
+        if response.status != 200:
+            raise http_error(response.status, response.text, "models list (/models)")
         try:
             data = response.json()
             models = [
@@ -184,7 +190,7 @@ class OpenAIRun:
         self._text: list[str] = []  # the answer as emitted (cleaned)
         self.upstream_run_id: str | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._source: Any = None
+        self._source: EventStream | None = None
         self._stopped = False
 
     async def open(self) -> None:
@@ -194,23 +200,23 @@ class OpenAIRun:
             self._source = await self._stack.enter_async_context(
                 up.event_source("POST", f"{up._base}/chat/completions", self._body)
             )
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             await self._stack.aclose()
             raise transport_error(exc, up._base) from None
-        response = self._source.response
-        if response.status_code != 200:
-            await response.aread()
-            text = response.text
+        if self._source.status != 200:
+            status, text = self._source.status, await self._source.text()
             await self._stack.aclose()
-            raise http_error(response.status_code, text, "chat completions API")
+            raise http_error(status, text, "chat completions API")
 
     async def events(self) -> AsyncIterator[UpstreamEvent]:
         up = self._upstream
         usage: dict[str, int] | None = None
         finish: str | None = None
         done = runaway = False
+        source = self._source
+        assert source is not None, "open() first"
         try:
-            async for sse in self._source.aiter_sse():
+            async for sse in source.events():
                 if not sse.data:
                     continue
                 if sse.data.strip() == "[DONE]":
@@ -245,7 +251,7 @@ class OpenAIRun:
                         f"The upstream's answer is not an event stream: {exc}",
                         UpstreamCode.PROTOCOL,
                     ) from None
-                if isinstance(exc, httpx.HTTPError):
+                if isinstance(exc, HTTP_ERRORS):
                     raise transport_error(exc, up._base) from None
                 raise
         if self._stopped:

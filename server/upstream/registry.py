@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-import httpx
+import aiohttp
 
 from db.records import UpstreamConfigRecord
 from db.store import Store
@@ -34,12 +34,10 @@ KINDS = ("hermes", "openai", "lmstudio")
 class Upstreams:
     """One adapter per stored config, rebuilt when its config changes."""
 
-    def __init__(
-        self, settings: Settings, transport: httpx.AsyncBaseTransport, store: Store
-    ) -> None:
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self._transport = transport
+        self._http = http
         self.records: dict[str, UpstreamConfigRecord] = {}
         self._adapters: dict[str, Upstream] = {}
         self._errors: dict[str, str] = {}  # configs whose adapter could not be built
@@ -139,7 +137,7 @@ class Upstreams:
         if config.kind == "hermes":
             return HermesUpstream(
                 config,
-                self._transport,
+                self._http,
                 connect_timeout=s.upstream_connect_timeout_s,
                 read_timeout=s.upstream_idle_timeout_s + 5,
                 retry_backoff=s.upstream_retry_backoff_ms / 1000,
@@ -147,7 +145,7 @@ class Upstreams:
         if config.kind == "openai":
             return OpenAIUpstream(
                 config,
-                self._transport,
+                self._http,
                 connect_timeout=s.upstream_connect_timeout_s,
                 read_timeout=s.upstream_idle_timeout_s + 5,
                 retry_backoff=s.upstream_retry_backoff_ms / 1000,
