@@ -381,7 +381,10 @@ const sidebarHandlers = {
     if (title && session && title !== session.title) {
       try {
         const data = await api.renameSession(id, title);
-        session.title = (data && data.session && data.session.title) || title;
+        // a list requested before the rename answered must not bring the old title back
+        sessionsRequest += 1;
+        const saved = (data && data.session && data.session.title) || title;
+        for (const s of state.sessions) if (s.id === id) s.title = saved;
       } catch (err) {
         showError(`Could not rename: ${err.message}`);
       }
