@@ -41,7 +41,12 @@ async def server() -> AsyncIterator[str]:
         await response.prepare(request)
         for start, end in zip([0, *cuts], [*cuts, len(BODY)], strict=True):
             await response.write(BODY[start:end])
+            if end == len(BODY) and "break" in request.query:
+                break
             await asyncio.sleep(0.002)  # each piece arrives on its own
+        if "break" in request.query and request.transport is not None:
+            request.transport.abort()  # the connection breaks right behind the body
+            return response
         await response.write_eof()
         return response
 
@@ -102,3 +107,17 @@ async def test_whole_answers_and_transport_failures(adapter: HttpAdapter) -> Non
     assert answer.status == 200 and answer.json() == {"ok": True}
     with pytest.raises(HTTP_ERRORS):
         await adapter.fetch("GET", "http://127.0.0.1:9/nothing-listens-here")
+
+
+async def test_what_arrived_before_a_broken_connection_is_read_before_its_error(
+    adapter: HttpAdapter,
+) -> None:
+    for _ in range(5):
+        got = []
+        with pytest.raises(HTTP_ERRORS):
+            url = f"{adapter.config.url}/events?break=1"
+            async with adapter.event_source("GET", url) as stream:
+                await asyncio.sleep(0.05)  # the body and the break arrive before any read
+                async for sse in stream.events():
+                    got.append((sse.event, sse.data))
+        assert got == EXPECTED

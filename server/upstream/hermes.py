@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -25,7 +26,13 @@ from server.upstream.base import (
     UpstreamEvent,
     UpstreamRequest,
 )
-from server.upstream.http_common import HTTP_ERRORS, HttpAdapter, http_error, transport_error
+from server.upstream.http_common import (
+    HTTP_ERRORS,
+    EventStream,
+    HttpAdapter,
+    http_error,
+    transport_error,
+)
 
 log = logging.getLogger("chatrun.upstream.hermes")
 
@@ -78,16 +85,24 @@ class HermesUpstream(HttpAdapter):
         return body
 
     async def start(self, request: UpstreamRequest) -> HermesRun:
+        """POST the run (retried once where that is safe), then open its event stream, so the
+        run is reported started with its first events already on their way."""
         body = self.request_body(request)
         url = f"{self._base}/v1/runs"
         try:
-            return await self._post_run(url, body)
+            run = await self._post_run(url, body)
         except UpstreamError as exc:
             if not exc.retryable:
                 raise
             log.warning("run request to %s failed (%s); retrying once", url, exc.code)
-        await asyncio.sleep(self._retry_backoff)
-        return await self._post_run(url, body)
+            await asyncio.sleep(self._retry_backoff)
+            run = await self._post_run(url, body)
+        try:
+            await run.open()
+        except BaseException:
+            await run.aclose()
+            raise
+        return run
 
     async def _post_run(self, url: str, body: dict[str, Any]) -> HermesRun:
         try:
@@ -132,24 +147,36 @@ class HermesRun:
     def __init__(self, upstream: HermesUpstream, run_id: str) -> None:
         self._upstream = upstream
         self.upstream_run_id: str | None = run_id
-        self._closed = False
+        self._stack = contextlib.AsyncExitStack()
+        self._source: EventStream | None = None
 
-    async def events(self) -> AsyncIterator[UpstreamEvent]:
+    async def open(self) -> None:
+        """Open the run's event stream (its answer's headers are in)."""
         up = self._upstream
         url = f"{up._base}/v1/runs/{self.upstream_run_id}/events"
         try:
-            async with up.event_source("GET", url) as source:
-                if source.status != 200:
-                    raise http_error(source.status, await source.text(), "event stream")
-                async for sse in source.events():
-                    if not sse.data:
-                        continue
-                    event = parse_event(sse.data)
-                    if event is None:
-                        continue
-                    yield event
-                    if isinstance(event, (Completed, Cancelled)):
-                        return
+            source = await self._stack.enter_async_context(up.event_source("GET", url))
+            if source.status != 200:
+                raise http_error(source.status, await source.text(), "event stream")
+        except HTTP_ERRORS as exc:
+            raise transport_error(exc, up._base) from None
+        self._source = source
+
+    async def events(self) -> AsyncIterator[UpstreamEvent]:
+        if self._source is None:
+            await self.open()
+        assert self._source is not None
+        up = self._upstream
+        try:
+            async for sse in self._source.events():
+                if not sse.data:
+                    continue
+                event = parse_event(sse.data)
+                if event is None:
+                    continue
+                yield event
+                if isinstance(event, (Completed, Cancelled)):
+                    return
         except SSEError as exc:
             raise UpstreamError(
                 f"The upstream event stream is not SSE: {exc}", UpstreamCode.PROTOCOL
@@ -171,7 +198,7 @@ class HermesRun:
         return response.status == 200
 
     async def aclose(self) -> None:
-        self._closed = True
+        await self._stack.aclose()
 
 
 def parse_event(data: str) -> UpstreamEvent | None:

@@ -130,7 +130,7 @@ class EventStream:
         text = codecs.getincrementaldecoder("utf-8")("replace")
         lines = SSELineDecoder()
         decoder = SSEDecoder()
-        async for chunk in self._response.content.iter_any():
+        async for chunk in _chunks(self._response.content):
             for line in lines.decode(text.decode(chunk)):
                 sse = decoder.decode(line)
                 if sse is not None:
@@ -140,6 +140,22 @@ class EventStream:
             sse = decoder.decode(line)
             if sse is not None:
                 yield sse
+
+
+async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """A body as it arrives. aiohttp raises a broken connection's error before handing out
+    what arrived ahead of the break; that text is the upstream's too, so it comes first."""
+    while True:
+        try:
+            chunk = await content.readany()
+        except HTTP_ERRORS:
+            rest = content._read_nowait(-1)  # what was buffered when the connection broke
+            if rest:
+                yield rest
+            raise
+        if not chunk:
+            return
+        yield chunk
 
 
 class HttpAdapter:
