@@ -183,8 +183,7 @@ class Store:
         """Commit a batch; when it fails, its halves are committed apart (in order), down to
         the single write that fails, so one clash costs a few extra commits, not one each."""
         try:
-            async with self.engine.begin() as conn:
-                results = await _run_batch(conn, [fn for fn, _ in batch])
+            results = await self._run_committed([fn for fn, _ in batch])
         except Exception:
             if len(batch) == 1:
                 _settle(batch[0][1], exc=sys.exc_info()[1])
@@ -196,6 +195,26 @@ class Store:
         self.transactions += 1
         for (_, future), result in zip(batch, results, strict=True):
             _settle(future, result=result)
+
+    async def _run_committed(
+        self, fns: list[Callable[[AsyncConnection], Awaitable[Any]]]
+    ) -> list[Any]:
+        """Run a batch's writes in one transaction and commit it.
+
+        A batch of new runs only (a burst of new chats) on SQLite is written and committed in
+        one trip to the database thread: each trip waits for a turn of the event loop, and
+        under a burst a turn is long, so the commit's own trip would delay every run of the
+        batch again.
+        """
+        if (
+            self.engine.dialect.name == "sqlite"
+            and self._message_ids.last is not None
+            and all(isinstance(fn, _RunInsert) for fn in fns)
+        ):
+            async with self.engine.connect() as conn:  # no SQLAlchemy transaction is begun
+                return await _RunInsert.run_many(conn, cast(list[_RunInsert], fns), commit=True)
+        async with self.engine.begin() as conn:
+            return await _run_batch(conn, fns)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -1129,11 +1148,17 @@ class _RunInsert:
         return (await _RunInsert.run_many(conn, [self]))[0]
 
     @staticmethod
-    async def run_many(conn: AsyncConnection, inserts: list[_RunInsert]) -> list[Enqueued]:
+    async def run_many(
+        conn: AsyncConnection, inserts: list[_RunInsert], *, commit: bool = False
+    ) -> list[Enqueued]:
+        """Insert the rows of ``inserts``; with ``commit`` (SQLite only, on a connection in no
+        SQLAlchemy transaction) the inserts are committed, or rolled back when they fail, in
+        the same trip to the database thread."""
         if conn.dialect.name == "sqlite":
             driver = (await conn.get_raw_connection()).driver_connection
             assert isinstance(driver, aiosqlite.Connection)  # SQLite's only async driver
-            return await _RunInsert._run_many_in_thread(conn, driver, inserts)
+            return await _RunInsert._run_many_in_thread(conn, driver, inserts, commit)
+        assert not commit, "only SQLite commits in the insert's own trip"
         sessions = [i.session_row for i in inserts if i.session_row is not None]
         if sessions:
             await conn.execute(INSERT_SESSION, sessions)
@@ -1149,7 +1174,7 @@ class _RunInsert:
 
     @staticmethod
     async def _run_many_in_thread(
-        conn: AsyncConnection, driver: aiosqlite.Connection, inserts: list[_RunInsert]
+        conn: AsyncConnection, driver: aiosqlite.Connection, inserts: list[_RunInsert], commit: bool
     ) -> list[Enqueued]:
         """``run_many`` for aiosqlite in one trip to its thread.
 
@@ -1172,7 +1197,7 @@ class _RunInsert:
         try:
             # aiosqlite runs a function in its thread with ``_execute`` (as its own methods do)
             clashed: set[int] = await driver._execute(  # type: ignore[no-untyped-call]
-                _insert_runs, driver._conn, sql, plan
+                _insert_runs, driver._conn, sql, plan, commit
             )
         except sqlite3.Error as exc:  # what SQLAlchemy would have raised (IntegrityError, …)
             if "messages.id" in str(exc):
@@ -1221,9 +1246,27 @@ def _insert_runs(
     db: sqlite3.Connection,
     sql: dict[str, tuple[str, tuple[str, ...]]],
     plan: list[tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]],
+    commit: bool,
 ) -> set[int]:
     """Runs in the database thread: insert new sessions (a session already stored is a clash:
-    its run is not written), then the runs and their messages. Returns the clashing indices."""
+    its run is not written), then the runs and their messages, and with ``commit`` commit
+    them (or roll them back when anything failed). Returns the clashing indices."""
+    if not commit:
+        return _insert_run_rows(db, sql, plan)
+    try:
+        clashed = _insert_run_rows(db, sql, plan)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    return clashed
+
+
+def _insert_run_rows(
+    db: sqlite3.Connection,
+    sql: dict[str, tuple[str, tuple[str, ...]]],
+    plan: list[tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]],
+) -> set[int]:
     clashed: set[int] = set()
     for index, (session, _, _) in enumerate(plan):
         if session is not None:

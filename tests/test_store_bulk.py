@@ -166,3 +166,39 @@ async def test_messages_written_by_another_process_do_not_break_new_runs(tmp_pat
         assert await store.integrity_check() == "ok"
     finally:
         await store.close()
+
+
+async def test_a_run_that_fails_in_a_burst_fails_alone_and_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await store.open()
+    try:
+        user = await store.ensure_user("alice")
+        warm = new_run("warm")  # the store knows its message ids from here on
+        await store.enqueue_run(warm, owner_id=user.id, title="t", seq_reserve=10)
+        runs = [new_run(f"s{i}") for i in range(20)]
+        twin = new_run("twin")
+        twin.id = runs[3].id  # the runs table refuses a second run with this id
+        burst = [*runs[:10], twin, *runs[10:]]
+        results = await asyncio.gather(
+            *(
+                store.enqueue_run(
+                    r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r)
+                )
+                for r in burst
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(results[10], Exception)
+        assert all(not isinstance(r, BaseException) and r.started for r in results[:10])
+        assert all(not isinstance(r, BaseException) and r.started for r in results[11:])
+        with sqlite3.connect(tmp_path / "chatrun.db") as conn:  # what another reader sees
+            sessions = {row[0] for row in conn.execute("SELECT id FROM sessions")}
+            messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        assert sessions == {"warm", *(f"s{i}" for i in range(20))}  # not the twin's
+        assert messages == 2 * 20
+        assert sorted(store_runs(tmp_path)) == sorted(
+            [("warm", "q"), *((f"s{i}", "q") for i in range(20))]
+        )
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
