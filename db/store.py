@@ -18,7 +18,18 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import aiosqlite
-from sqlalchemy import Integer, Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Integer,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -697,15 +708,8 @@ class Store:
         """
         async with self._read() as conn:
             rows = await conn.execute(
-                select(Message.id, Message.role, Message.content, Message.token_count)
-                .where(
-                    Message.session_id == session_id,
-                    Message.id > after_id,
-                    Message.id < before_id,
-                    Message.role.in_(("user", "assistant")),
-                    Message.content != "",
-                )
-                .order_by(Message.id)
+                HISTORY,
+                {"session_id": session_id, "after_id": after_id, "before_id": before_id},
             )
             items: list[HistoryItem] = []
             missing: dict[int, int] = {}
@@ -731,26 +735,43 @@ class Store:
 
     async def latest_snapshot(self, session_id: str) -> SnapshotRecord | None:
         async with self._read() as conn:
-            row = (
-                await conn.execute(
-                    select(SNAPSHOTS)
-                    .where(SNAPSHOTS.c.session_id == session_id)
-                    .order_by(SNAPSHOTS.c.id.desc())
-                    .limit(1)
+            row = (await conn.execute(LATEST_SNAPSHOT, {"session_id": session_id})).first()
+        return None if row is None else _snapshot(row._mapping)
+
+    async def context(
+        self, session_id: str, before_id: int, count: Callable[[str], int]
+    ) -> tuple[SnapshotRecord | None, list[HistoryItem]]:
+        """A session's newest compression snapshot and the turns after it up to ``before_id``
+        (as ``history``), read together: on SQLite in one trip to the database thread, which
+        costs a fifth of the CPU of the two reads through SQLAlchemy and waits for one turn of
+        the event loop instead of several."""
+        if self.engine.dialect.name != "sqlite":
+            snapshot = await self.latest_snapshot(session_id)
+            after = snapshot.last_message_id if snapshot is not None else 0
+            return snapshot, await self.history(session_id, before_id, count, after_id=after)
+        async with self._read() as conn:  # no SQLAlchemy transaction: plain reads
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert isinstance(driver, aiosqlite.Connection)  # SQLite's only async driver
+            snapshot_sql = _compiled_read(conn.dialect, "snapshot")
+            history_sql = _compiled_read(conn.dialect, "history")
+            try:
+                found, rows = await driver._execute(  # type: ignore[no-untyped-call]
+                    _read_context, driver._conn, snapshot_sql, history_sql, session_id, before_id
                 )
-            ).first()
-        if row is None:
-            return None
-        m = row._mapping
-        return SnapshotRecord(
-            session_id=m["session_id"],
-            summary=m["summary"],
-            last_message_id=m["last_message_id"],
-            message_count=m["message_count"],
-            covered_tokens=m["covered_tokens"],
-            summary_tokens=m["summary_tokens"],
-            created_at=m["created_at"],
-        )
+            except sqlite3.Error as exc:  # what SQLAlchemy would have raised
+                raise DBAPIError.instance(
+                    history_sql[0], None, exc, sqlite3.Error, dialect=conn.dialect
+                ) from None
+        snapshot = None if found is None else _snapshot(found)
+        items: list[HistoryItem] = []
+        missing: dict[int, int] = {}
+        for message_id, role, content, tokens in rows:
+            if tokens is None:
+                tokens = missing[message_id] = count(content)
+            items.append(HistoryItem(message_id, role, content, tokens))
+        if missing:
+            await self.set_token_counts(missing)
+        return snapshot, items
 
     async def save_snapshot(self, snapshot: SnapshotRecord) -> None:
         """Store a snapshot; older ones of the session are dropped (only the newest is used)."""
@@ -1213,6 +1234,69 @@ class _RunInsert:
                 _, _, messages = plan[index]
                 i.enqueued.started = (int(messages[0]["id"]), int(messages[1]["id"]))
         return [i.enqueued for i in inserts]
+
+
+LATEST_SNAPSHOT = (
+    select(SNAPSHOTS)
+    .where(SNAPSHOTS.c.session_id == bindparam("session_id"))
+    .order_by(SNAPSHOTS.c.id.desc())
+    .limit(1)
+)
+HISTORY = (
+    select(MESSAGES.c.id, MESSAGES.c.role, MESSAGES.c.content, MESSAGES.c.token_count)
+    .where(
+        MESSAGES.c.session_id == bindparam("session_id"),
+        MESSAGES.c.id > bindparam("after_id"),
+        MESSAGES.c.id < bindparam("before_id"),
+        # constants written out, so the statement compiles once with no expanding parameters
+        MESSAGES.c.role.in_([literal_column("'user'"), literal_column("'assistant'")]),
+        MESSAGES.c.content != literal_column("''"),
+    )
+    .order_by(MESSAGES.c.id)
+)
+_READS = {"snapshot": LATEST_SNAPSHOT, "history": HISTORY}
+
+
+@functools.cache
+def _compiled_read(dialect: Any, name: str) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """A read's SQL for ``dialect``, the order of its parameters and their fixed values."""
+    compiled = _READS[name].compile(dialect=dialect)
+    return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
+
+
+def _read_context(
+    db: sqlite3.Connection,
+    snapshot_sql: tuple[str, tuple[str, ...], dict[str, Any]],
+    history_sql: tuple[str, tuple[str, ...], dict[str, Any]],
+    session_id: str,
+    before_id: int,
+) -> tuple[dict[str, Any] | None, list[tuple[int, str, str, int | None]]]:
+    """Runs in the database thread: the newest snapshot (as a column mapping) and the history
+    rows after it."""
+    text, order, fixed = snapshot_sql
+    cursor = db.execute(text, [{**fixed, "session_id": session_id}[k] for k in order])
+    row = cursor.fetchone()
+    found = None if row is None else dict(zip([d[0] for d in cursor.description], row, strict=True))
+    values = {
+        **history_sql[2],
+        "session_id": session_id,
+        "after_id": found["last_message_id"] if found is not None else 0,
+        "before_id": before_id,
+    }
+    text, order, _ = history_sql
+    return found, db.execute(text, [values[k] for k in order]).fetchall()
+
+
+def _snapshot(m: Any) -> SnapshotRecord:
+    return SnapshotRecord(
+        session_id=m["session_id"],
+        summary=m["summary"],
+        last_message_id=m["last_message_id"],
+        message_count=m["message_count"],
+        covered_tokens=m["covered_tokens"],
+        summary_tokens=m["summary_tokens"],
+        created_at=m["created_at"],
+    )
 
 
 _BULK_STATEMENTS: dict[str, Any] = {

@@ -152,9 +152,7 @@ class Compressor:
         limit = await self.limit(upstream)
         window = self.window(limit)
         trigger = min(window, int(limit * self.settings.compression_trigger))
-        snapshot = await self.store.latest_snapshot(state.id)
-        after = snapshot.last_message_id if snapshot is not None else 0
-        items = await self.store.history(state.id, before_id, self.tokens.count, after_id=after)
+        snapshot, items = await self.store.context(state.id, before_id, self.tokens.count)
         total = fixed + self.summary_cost(snapshot) + cost(items)
         if total <= trigger and not force:
             return self._fitted(snapshot, items, fixed, limit)

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from db.records import RunRecord
+from db.records import RunRecord, SnapshotRecord
 from db.store import Store
 
 
@@ -200,5 +200,70 @@ async def test_a_run_that_fails_in_a_burst_fails_alone_and_leaves_nothing(tmp_pa
             [("warm", "q"), *((f"s{i}", "q") for i in range(20))]
         )
         assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
+
+
+async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await store.open()
+    try:
+        user = await store.ensure_user("alice")
+        run = new_run("chat")
+        await store.enqueue_run(run, owner_id=user.id, title="t", seq_reserve=10)
+        rows: list[tuple[str, str, int | None]] = [
+            ("user", "first question", 3),
+            ("assistant", "first answer", None),  # stored before counts were kept
+            ("tool", "tool output is never history", 5),
+            ("assistant", "", 0),  # an empty turn is not history either
+            ("user", "second question", None),
+            ("assistant", "second answer", 2),
+            ("user", "the question being asked now", 6),
+        ]
+        ids = [
+            await store.insert_message(
+                {
+                    "session_id": "chat",
+                    "role": role,
+                    "content": content,
+                    "status": "complete",
+                    "token_count": tokens,
+                }
+            )
+            for role, content, tokens in rows
+        ]
+        asking = ids[-1]
+
+        def count(text: str) -> int:
+            return len(text)
+
+        snapshot, items = await store.context("chat", asking, count)
+        assert snapshot is None
+        assert [(i.role, i.content, i.token_count) for i in items] == [
+            ("user", "first question", 3),
+            ("assistant", "first answer", len("first answer")),
+            ("user", "second question", len("second question")),
+            ("assistant", "second answer", 2),
+        ]
+        # the counts worked out here were saved: the next read finds them stored
+        snapshot, again = await store.context("chat", asking, lambda text: -1)
+        assert again == items
+        summary = SnapshotRecord(
+            session_id="chat",
+            summary="they asked twice",
+            last_message_id=ids[1],
+            message_count=2,
+            covered_tokens=15,
+            summary_tokens=4,
+            created_at=time.time(),
+        )
+        await store.save_snapshot(summary)
+        snapshot, items = await store.context("chat", asking, count)
+        assert snapshot == summary
+        assert [i.content for i in items] == ["second question", "second answer"]
+        # the same as the two reads it stands for
+        assert snapshot == await store.latest_snapshot("chat")
+        assert items == await store.history("chat", asking, count, after_id=ids[1])
+        assert await store.context("nobody", asking, count) == (None, [])
     finally:
         await store.close()
