@@ -179,3 +179,13 @@ def test_streamed_text_equals_the_clean_up_of_the_whole(
     assert (text, reasoning) == whole
     for marker in ("<|im_end|>", "<|eot_id|>", "</s>", "<end_of_turn>"):
         assert marker not in text
+
+
+def test_only_one_leading_role_is_cut_whatever_the_split() -> None:
+    # found by the property above: a second "assistant:" is the answer's own text
+    raw = "assistant:\nassistant:"
+    profile = profile_for(config("qwen2.5"))
+    assert clean_text(profile, raw) == ("assistant:", "")
+    cleaner = StreamCleaner(profile)
+    events = [e for c in raw for e in cleaner.feed(c)] + cleaner.finish()
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "assistant:"

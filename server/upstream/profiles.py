@@ -183,6 +183,7 @@ class StreamCleaner:
         self._undecided = profile.implicit_think  # may have begun inside an unopened <think>
         self._started = False  # text (not reasoning) was emitted
         self._leading = True  # still at the very start of the answer
+        self._role_checked = False  # a leading "assistant:" was looked for (and cut) once
         self.runaway = False
         self._out: list[TextDelta | ReasoningDelta] = []
 
@@ -251,19 +252,26 @@ class StreamCleaner:
         return False
 
     def _strip_leading_role(self, final: bool) -> bool:
+        """Cut one "assistant:" the answer starts with; False while that is not clear yet."""
         stripped = self._buffer.lstrip()
         if not stripped:
             if final:
                 self._buffer = ""
             return final
+        if self._role_checked:
+            return True
         match = LEADING_ROLE.match(self._buffer)
         if match is not None:
             if match.end() == len(self._buffer) and not final:
                 return False  # spaces may follow
             self._buffer = self._buffer[match.end() :]
+            self._role_checked = True
             return True
         # not yet, while it could still become "assistant:"
-        return final or ":" in stripped or not "assistant".startswith(stripped.lower())
+        self._role_checked = (
+            final or ":" in stripped or not "assistant".startswith(stripped.lower())
+        )
+        return self._role_checked
 
     def _next_trigger(self) -> tuple[int, str | None]:
         buffer = self._buffer
