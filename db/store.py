@@ -128,6 +128,7 @@ class Store:
             tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]
         ] = []
         self._writer: asyncio.Future[None] | None = None
+        self._arrived = asyncio.Event()  # a write was queued (wakes a waiting writer)
         self.transactions = 0  # write transactions committed (a metric)
         self._message_ids = MessageIds()
         # ids of the stored sessions (and of those being created), kept where this process is
@@ -175,18 +176,53 @@ class Store:
         a few commits instead of one each. If any of them fails, the batch is rolled back and
         retried in halves, so only the failing one fails. The write finishes even when
         its caller is cancelled (a transaction cut off by cancellation would leave SQLite's
-        write lock behind a half-closed connection).
+        write lock behind a half-closed connection): the caller waits on a future of its own,
+        which a cancellation cancels, while the writer runs the write regardless. (Not
+        ``asyncio.shield``: its relay of the result costs one more turn of the event loop, and
+        under a burst every turn is long.)
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, future))
+        self._arrived.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write_batches())
-        return await asyncio.shield(future)
+        return await future
 
     async def _write_batches(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            await self._commit(batch)
+        """Commit the queued writes, batch by batch.
+
+        Batches of new runs only (committed in one trip, see ``_run_committed``) do not wait
+        for each other: each goes to the database as soon as it is taken, so the second batch
+        of a burst is not held up by the turn of the event loop that the first one's answer
+        waits for (SQLite still writes them one after the other). A write waits for its own
+        earlier ones (its caller awaits each), so no batch depends on one still in flight.
+        Any other batch waits until those in flight are committed.
+        """
+        inflight: set[asyncio.Future[Any]] = set()
+        while self._pending or inflight:
+            if self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                if self._one_trip([fn for fn, _ in batch]):
+                    inflight.add(asyncio.ensure_future(self._commit(batch)))
+                    continue
+                if inflight:
+                    await asyncio.wait(inflight)
+                    inflight.clear()
+                await self._commit(batch)
+                continue
+            self._arrived.clear()
+            arrival: asyncio.Future[Any] = asyncio.ensure_future(self._arrived.wait())
+            done, _ = await asyncio.wait({*inflight, arrival}, return_when=asyncio.FIRST_COMPLETED)
+            arrival.cancel()
+            inflight -= done
+
+    def _one_trip(self, fns: Sequence[Callable[[AsyncConnection], Awaitable[Any]]]) -> bool:
+        """Whether a batch is written and committed in one trip to the database thread."""
+        return (
+            self.engine.dialect.name == "sqlite"
+            and self._message_ids.last is not None
+            and all(isinstance(fn, _RunInsert) for fn in fns)
+        )
 
     async def _commit(
         self, batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
@@ -217,11 +253,7 @@ class Store:
         under a burst a turn is long, so the commit's own trip would delay every run of the
         batch again.
         """
-        if (
-            self.engine.dialect.name == "sqlite"
-            and self._message_ids.last is not None
-            and all(isinstance(fn, _RunInsert) for fn in fns)
-        ):
+        if self._one_trip(fns):
             async with self.engine.connect() as conn:  # no SQLAlchemy transaction is begun
                 return await _RunInsert.run_many(conn, cast(list[_RunInsert], fns), commit=True)
         async with self.engine.begin() as conn:

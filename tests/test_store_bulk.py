@@ -267,3 +267,62 @@ async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path) ->
         assert await store.context("nobody", asking, count) == (None, [])
     finally:
         await store.close()
+
+
+async def test_batches_of_new_runs_in_flight_together_all_land(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await store.open()
+    try:
+        user = await store.ensure_user("alice")
+        await store.enqueue_run(new_run("warm"), owner_id=user.id, title="t", seq_reserve=10)
+        before = store.transactions
+        runs = [new_run(f"s{i}") for i in range(1234)]  # three batches, written concurrently
+        results = await asyncio.gather(
+            *(
+                store.enqueue_run(
+                    r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r)
+                )
+                for r in runs
+            )
+        )
+        assert store.transactions - before == 3
+        ids = [i for e in results for i in (e.started or ())]
+        assert len(ids) == len(set(ids)) == 2 * len(runs)
+        with sqlite3.connect(tmp_path / "chatrun.db") as conn:
+            assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1 + len(runs)
+            stored = dict(conn.execute("SELECT id, run_id FROM messages"))
+        assert all(stored[e.started[0]] == e.run.id for e in results if e.started)
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
+
+
+async def test_a_write_whose_caller_is_cancelled_still_lands_whole(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await store.open()
+    try:
+        user = await store.ensure_user("alice")
+        runs = [new_run(f"s{i}") for i in range(30)]
+        callers = [
+            asyncio.ensure_future(
+                store.enqueue_run(
+                    r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r)
+                )
+            )
+            for r in runs
+        ]
+        await asyncio.sleep(0)  # the writes are queued
+        for caller in callers[::2]:
+            caller.cancel()
+        results = await asyncio.gather(*callers, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
+        assert all(not isinstance(r, BaseException) and r.started for r in results[1::2])
+        # every write landed, the cancelled ones included, and the database takes more
+        later = new_run("later")
+        await store.enqueue_run(later, owner_id=user.id, title="t", seq_reserve=10)
+        assert len(store_runs(tmp_path)) == 31
+        with sqlite3.connect(tmp_path / "chatrun.db") as conn:
+            assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 60
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
