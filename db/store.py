@@ -202,7 +202,9 @@ class Store:
         while self._pending or inflight:
             if self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                if self._one_trip([fn for fn, _ in batch]):
+                if self._one_trip(fns := [fn for fn, _ in batch]) and all(
+                    isinstance(fn, _RunInsert) for fn in fns
+                ):
                     inflight.add(asyncio.ensure_future(self._commit(batch)))
                     continue
                 if inflight:
@@ -221,7 +223,7 @@ class Store:
         return (
             self.engine.dialect.name == "sqlite"
             and self._message_ids.last is not None
-            and all(isinstance(fn, _RunInsert) for fn in fns)
+            and all(isinstance(fn, (_RunInsert, _FlushWrite)) for fn in fns)
         )
 
     async def _commit(
@@ -248,14 +250,36 @@ class Store:
     ) -> list[Any]:
         """Run a batch's writes in one transaction and commit it.
 
-        A batch of new runs only (a burst of new chats) on SQLite is written and committed in
-        one trip to the database thread: each trip waits for a turn of the event loop, and
-        under a burst a turn is long, so the commit's own trip would delay every run of the
-        batch again.
+        A batch of new runs and flushes only (a burst of new chats, the flusher's ticks) is
+        written and committed on SQLite in one trip to the database thread: each trip waits
+        for a turn of the event loop, and under load a turn is long, so a statement-by-statement
+        transaction (three or four trips per statement) would stretch every write of the batch.
         """
         if self._one_trip(fns):
             async with self.engine.connect() as conn:  # no SQLAlchemy transaction is begun
-                return await _RunInsert.run_many(conn, cast(list[_RunInsert], fns), commit=True)
+                driver = (await conn.get_raw_connection()).driver_connection
+                assert isinstance(driver, aiosqlite.Connection)  # SQLite's only async driver
+                ops: list[_Op] = []
+                finishers: list[Callable[[Any], list[Any]]] = []
+                i = 0
+                while i < len(fns):
+                    fn = fns[i]
+                    if isinstance(fn, _FlushWrite):
+                        ops.append(fn.prepare(conn.dialect))
+                        finishers.append(lambda _: [None])
+                        i += 1
+                        continue
+                    j = i
+                    while j < len(fns) and isinstance(fns[j], _RunInsert):
+                        j += 1
+                    op, finish = await _RunInsert.prepare(conn, cast(list[_RunInsert], fns[i:j]))
+                    ops.append(op)
+                    finishers.append(finish)
+                    i = j
+                raw = await _in_thread(conn, driver, ops, True, self._message_ids)
+                return [
+                    r for finish, result in zip(finishers, raw, strict=True) for r in finish(result)
+                ]
         async with self.engine.begin() as conn:
             return await _run_batch(conn, fns)
 
@@ -885,16 +909,17 @@ class Store:
     # -- batched writes -----------------------------------------------------------------------
 
     async def write(self, batch: FlushBatch) -> None:
-        """Write one flush batch in a single transaction."""
+        """Write one flush batch in a single transaction (on SQLite in one trip to the
+        database thread, so a flush under load is not stretched by a turn of the busy event
+        loop per statement)."""
         if not batch:
             return
-
-        async def tx(conn: AsyncConnection) -> None:
-            whole = [m for m in batch.messages if m.content is not None]
-            partial = [m for m in batch.messages if m.content is None]
-            if whole:
-                await conn.execute(
-                    FLUSH_WHOLE_MESSAGES,
+        whole = [m for m in batch.messages if m.content is not None]
+        partial = [m for m in batch.messages if m.content is None]
+        write = _FlushWrite(
+            [
+                (
+                    "flush_whole",
                     [
                         {
                             "m_id": m.id,
@@ -908,11 +933,10 @@ class Store:
                         }
                         for m in whole
                     ],
-                )
-                await conn.execute(DELETE_MESSAGE_CHUNKS, [{"m_id": m.id} for m in whole])
-            if partial:
-                await conn.execute(
-                    FLUSH_PARTIAL_MESSAGES,
+                ),
+                ("delete_chunks", [{"m_id": m.id} for m in whole]),
+                (
+                    "flush_partial",
                     [
                         {
                             "m_id": m.id,
@@ -922,21 +946,21 @@ class Store:
                         }
                         for m in partial
                     ],
-                )
-                chunks = [
-                    {"message_id": m.id, "field": field, "text": text}
-                    for m in partial
-                    for field, text in (
-                        ("content", m.append_content),
-                        ("reasoning", m.append_reasoning),
-                    )
-                    if text
-                ]
-                if chunks:
-                    await conn.execute(INSERT_CHUNKS, chunks)
-            if batch.sessions:
-                await conn.execute(
-                    FLUSH_SESSIONS,
+                ),
+                (
+                    "insert_chunks",
+                    [
+                        {"message_id": m.id, "field": field, "text": text}
+                        for m in partial
+                        for field, text in (
+                            ("content", m.append_content),
+                            ("reasoning", m.append_reasoning),
+                        )
+                        if text
+                    ],
+                ),
+                (
+                    "flush_sessions",
                     [
                         {
                             "s_id": sid,
@@ -947,10 +971,9 @@ class Store:
                         }
                         for sid, (seq, updated, tin, tout) in batch.sessions.items()
                     ],
-                )
-            if batch.runs:
-                await conn.execute(
-                    FINISH_RUNS,
+                ),
+                (
+                    "finish_runs",
                     [
                         {
                             "r_id": run.run_id,
@@ -964,9 +987,10 @@ class Store:
                         }
                         for run in batch.runs
                     ],
-                )
-
-        await self._transact(tx)
+                ),
+            ]
+        )
+        await self._transact(write)
 
 
 def _settle(
@@ -1236,6 +1260,16 @@ class _RunInsert:
         that wait, not SQLite, was most of a new run's time to its first token. The statements
         are SQLAlchemy's own, compiled once for this dialect.
         """
+        op, finish = await _RunInsert.prepare(conn, inserts)
+        (clashed,) = await _in_thread(conn, driver, [op], commit, inserts[0].ids)
+        return finish(clashed)
+
+    @staticmethod
+    async def prepare(
+        conn: AsyncConnection, inserts: list[_RunInsert]
+    ) -> tuple[_Op, Callable[[Any], list[Enqueued]]]:
+        """The database-thread step that inserts ``inserts`` on SQLite, and what turns its
+        result (the indices of clashing sessions) into their ``Enqueued``s."""
         # SQLite cannot order RETURNING rows of a multi-row insert: the transaction holds the
         # write lock, so the next message ids are ours to assign (a clash leaves a gap)
         rows = sum(len(i.messages) for i in inserts)
@@ -1245,27 +1279,68 @@ class _RunInsert:
             messages = [{**m, "id": next_id + k} for k, m in enumerate(i.messages)]
             next_id += len(messages)
             plan.append((i.session_row, i.run_row, messages))
-        dialect = conn.dialect
-        sql = _sqlite_sql(dialect, plan)
-        try:
-            # aiosqlite runs a function in its thread with ``_execute`` (as its own methods do)
-            clashed: set[int] = await driver._execute(  # type: ignore[no-untyped-call]
-                _insert_runs, driver._conn, sql, plan, commit
-            )
-        except sqlite3.Error as exc:  # what SQLAlchemy would have raised (IntegrityError, …)
-            if "messages.id" in str(exc):
-                inserts[0].ids.forget()  # another process wrote messages: read the highest again
-            raise DBAPIError.instance(
-                sql["run"][0], None, exc, sqlite3.Error, dialect=dialect
-            ) from None
-        for index, i in enumerate(inserts):
-            if index in clashed:
-                i.enqueued.clash = True
-                i.enqueued.session = None
-            elif i.messages:
-                _, _, messages = plan[index]
-                i.enqueued.started = (int(messages[0]["id"]), int(messages[1]["id"]))
-        return [i.enqueued for i in inserts]
+        sql = _sqlite_sql(conn.dialect, plan)
+
+        def finish(clashed: set[int]) -> list[Enqueued]:
+            for index, i in enumerate(inserts):
+                if index in clashed:
+                    i.enqueued.clash = True
+                    i.enqueued.session = None
+                elif i.messages:
+                    _, _, messages = plan[index]
+                    i.enqueued.started = (int(messages[0]["id"]), int(messages[1]["id"]))
+            return [i.enqueued for i in inserts]
+
+        return ("runs", sql, plan), finish
+
+
+class _FlushWrite:
+    """A flush batch's statements, each an ``executemany`` over its rows (see ``Store.write``);
+    on SQLite they are written in one trip to the database thread."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        self.steps = [(name, rows) for name, rows in steps if rows]
+
+    async def __call__(self, conn: AsyncConnection) -> None:
+        for name, rows in self.steps:
+            await conn.execute(_BULK_STATEMENTS[name], rows)
+
+    def prepare(self, dialect: Any) -> _Op:
+        steps = []
+        for name, rows in self.steps:
+            text, order = _compiled(dialect, name, tuple(rows[0]))
+            steps.append((text, [[row[k] for k in order] for row in rows]))
+        return ("steps", steps)
+
+
+# A step run in the database thread: ("runs", sql, plan) inserts new runs (its result is the
+# set of clashing sessions), ("steps", [(sql, rows), …]) runs ``executemany``s (result None).
+_Op = tuple[Any, ...]
+
+
+async def _in_thread(
+    conn: AsyncConnection,
+    driver: aiosqlite.Connection,
+    ops: list[_Op],
+    commit: bool,
+    ids: MessageIds,
+) -> list[Any]:
+    """Run ``ops`` in one trip to aiosqlite's thread (and commit them, with ``commit``);
+    sqlite3 errors come back as SQLAlchemy's."""
+    try:
+        # aiosqlite runs a function in its thread with ``_execute`` (as its own methods do)
+        return cast(
+            list[Any],
+            await driver._execute(_run_ops, driver._conn, ops, commit),  # type: ignore[no-untyped-call]
+        )
+    except sqlite3.Error as exc:  # what SQLAlchemy would have raised (IntegrityError, …)
+        if "messages.id" in str(exc):
+            ids.forget()  # another process wrote messages: read the highest again
+        raise DBAPIError.instance(
+            "(one-trip write)", None, exc, sqlite3.Error, dialect=conn.dialect
+        ) from None
 
 
 LATEST_SNAPSHOT = (
@@ -1335,6 +1410,12 @@ _BULK_STATEMENTS: dict[str, Any] = {
     "run": INSERT_RUN,
     "session": INSERT_NEW_SESSIONS,
     "message": INSERT_MESSAGE_ROWS,
+    "flush_whole": FLUSH_WHOLE_MESSAGES,
+    "delete_chunks": DELETE_MESSAGE_CHUNKS,
+    "flush_partial": FLUSH_PARTIAL_MESSAGES,
+    "insert_chunks": INSERT_CHUNKS,
+    "flush_sessions": FLUSH_SESSIONS,
+    "finish_runs": FINISH_RUNS,
 }
 
 
@@ -1358,24 +1439,30 @@ def _sqlite_sql(
     return sql
 
 
-def _insert_runs(
-    db: sqlite3.Connection,
-    sql: dict[str, tuple[str, tuple[str, ...]]],
-    plan: list[tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]],
-    commit: bool,
-) -> set[int]:
-    """Runs in the database thread: insert new sessions (a session already stored is a clash:
-    its run is not written), then the runs and their messages, and with ``commit`` commit
-    them (or roll them back when anything failed). Returns the clashing indices."""
+def _run_ops(db: sqlite3.Connection, ops: list[_Op], commit: bool) -> list[Any]:
+    """Runs in the database thread: each step in order, then with ``commit`` a commit (or a
+    rollback when anything failed)."""
+
+    def run() -> list[Any]:
+        results: list[Any] = []
+        for op in ops:
+            if op[0] == "runs":
+                results.append(_insert_run_rows(db, op[1], op[2]))
+            else:
+                for text, rows in op[1]:
+                    db.executemany(text, rows)
+                results.append(None)
+        return results
+
     if not commit:
-        return _insert_run_rows(db, sql, plan)
+        return run()
     try:
-        clashed = _insert_run_rows(db, sql, plan)
+        results = run()
         db.commit()
     except BaseException:
         db.rollback()
         raise
-    return clashed
+    return results
 
 
 def _insert_run_rows(
@@ -1383,6 +1470,8 @@ def _insert_run_rows(
     sql: dict[str, tuple[str, tuple[str, ...]]],
     plan: list[tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]],
 ) -> set[int]:
+    """Insert new sessions (a session already stored is a clash: its run is not written),
+    then the runs and their messages. Returns the clashing indices."""
     clashed: set[int] = set()
     for index, (session, _, _) in enumerate(plan):
         if session is not None:

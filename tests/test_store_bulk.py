@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from db.records import RunRecord, SnapshotRecord
+from db.records import FlushBatch, MessageWrite, RunRecord, SnapshotRecord
 from db.store import Store
 
 
@@ -323,6 +323,77 @@ async def test_a_write_whose_caller_is_cancelled_still_lands_whole(tmp_path: Pat
         assert len(store_runs(tmp_path)) == 31
         with sqlite3.connect(tmp_path / "chatrun.db") as conn:
             assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 60
+        assert await store.integrity_check() == "ok"
+    finally:
+        await store.close()
+
+
+async def test_flushes_land_whole_or_not_at_all(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await store.open()
+    try:
+        user = await store.ensure_user("alice")
+        run = new_run("chat")
+        started = await store.enqueue_run(
+            run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
+        )
+        assert started.started is not None
+        answer = started.started[1]
+        now = time.time()
+
+        def chunk(message_id: int, text: str) -> MessageWrite:
+            return MessageWrite(
+                id=message_id,
+                status="streaming",
+                updated_at=now,
+                content_len=0,
+                reasoning_len=0,
+                append_content=text,
+            )
+
+        await store.write(
+            FlushBatch(messages=[chunk(answer, "Hel")], sessions={"chat": (50, now, 1, 2)})
+        )
+        await store.write(FlushBatch(messages=[chunk(answer, "lo")]))
+        # a write the database refuses (text for a message that does not exist) fails alone
+        # and leaves nothing of itself behind, while the writes queued beside it land
+        results = await asyncio.gather(
+            store.write(
+                FlushBatch(
+                    messages=[chunk(answer, "half"), chunk(answer + 999, "lost")],
+                    sessions={"chat": (99, now, 0, 0)},
+                )
+            ),
+            store.write(FlushBatch(messages=[chunk(answer, "!")])),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], Exception) and results[1] is None
+        with sqlite3.connect(tmp_path / "chatrun.db") as conn:
+            texts = [r[0] for r in conn.execute("SELECT text FROM message_chunks ORDER BY id")]
+            last_seq = conn.execute("SELECT last_seq FROM sessions WHERE id = 'chat'").fetchone()[0]
+        assert texts == ["Hel", "lo", "!"] and last_seq == 50
+        await store.write(
+            FlushBatch(
+                messages=[
+                    MessageWrite(
+                        id=answer,
+                        status="complete",
+                        updated_at=now,
+                        content_len=6,
+                        reasoning_len=0,
+                        content="Hello!",
+                        reasoning="",
+                        token_count=2,
+                    )
+                ]
+            )
+        )
+        with sqlite3.connect(tmp_path / "chatrun.db") as conn:
+            row = conn.execute(
+                "SELECT content, status, token_count FROM messages WHERE id = ?", (answer,)
+            ).fetchone()
+            chunks = conn.execute("SELECT count(*) FROM message_chunks").fetchone()[0]
+        assert row == ("Hello!", "complete", 2) and chunks == 0
         assert await store.integrity_check() == "ok"
     finally:
         await store.close()
