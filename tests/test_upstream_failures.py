@@ -322,9 +322,17 @@ async def test_a_hung_or_absent_upstream_fails_within_the_connect_timeout(
 ) -> None:
     await server.restart(upstream_connect_timeout_s=0.5)
 
+    release = asyncio.Event()
+    handlers: list[asyncio.Future[None]] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(10)  # accepts, never answers
-        writer.close()
+        done = asyncio.get_running_loop().create_future()
+        handlers.append(done)
+        try:
+            await release.wait()  # accepts, never answers
+        finally:
+            writer.close()  # an unclosed socket would warn in some later test
+            done.set_result(None)
 
     hung = await asyncio.start_server(silent, "127.0.0.1", 0)
     hung_port = hung.sockets[0].getsockname()[1]
@@ -346,4 +354,7 @@ async def test_a_hung_or_absent_upstream_fails_within_the_connect_timeout(
             finally:
                 await tab.close()
     finally:
+        release.set()
+        await asyncio.gather(*handlers)
         hung.close()
+        await hung.wait_closed()
