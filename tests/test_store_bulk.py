@@ -7,11 +7,24 @@ import asyncio
 import sqlite3
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from db.records import FlushBatch, MessageWrite, RunRecord, SnapshotRecord
 from db.store import Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 def new_run(session_id: str, queue_id: str = "q") -> RunRecord:
@@ -43,357 +56,317 @@ def start_rows(run: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
-    tmp_path: Path,
+    tmp_path: Path, store: Store
 ) -> None:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
-    await store.open()
-    try:
-        user = await store.ensure_user("alice")
-        other = await store.ensure_user("bob")
-        existing = new_run("old")
-        await store.enqueue_run(
-            existing, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(existing)
-        )
-        foreign = new_run("bobs")
-        await store.enqueue_run(foreign, owner_id=other.id, title="t", seq_reserve=10)
-        before = store.transactions
+    user = await store.ensure_user("alice")
+    other = await store.ensure_user("bob")
+    existing = new_run("old")
+    await store.enqueue_run(
+        existing, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(existing)
+    )
+    foreign = new_run("bobs")
+    await store.enqueue_run(foreign, owner_id=other.id, title="t", seq_reserve=10)
+    before = store.transactions
 
-        runs = [new_run(f"s{i}") for i in range(300)]
-        again = new_run("old", queue_id="q2")  # a stored session this call thinks is new
-        dup = new_run("old")  # same queue_id as the stored run
-        results = await asyncio.gather(
-            *(
-                store.enqueue_run(
-                    r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r)
-                )
-                for r in [*runs[:150], again, dup, *runs[150:]]
-            ),
-            store.enqueue_run(new_run("bobs", "q9"), owner_id=user.id, title="t", seq_reserve=10),
-            return_exceptions=True,
-        )
-        *enqueued, foreign_clash = results
-        # a stored session this call took for new: nothing written, the caller loads it
-        assert foreign_clash.clash and foreign_clash.started is None  # type: ignore[union-attr]
-        # bulk, not one commit per run
-        assert store.transactions - before < 5
-        assert len(store_runs(tmp_path)) == 302  # the clashes wrote nothing
-        by_session = {e.run.session_id + e.run.queue_id: e for e in enqueued}  # type: ignore[union-attr]
-        assert by_session["oldq"].clash and by_session["oldq2"].clash
-        # the caller then enqueues with the loaded session's position
-        known = await store.enqueue_run(
-            again, owner_id=user.id, title="t", seq_reserve=10, position=2, start=start_rows(again)
-        )
-        assert known.run.position == 2 and known.started is not None and not known.clash
-        duplicate = await store.enqueue_run(
-            dup, owner_id=user.id, title="t", seq_reserve=10, position=3, start=start_rows(dup)
-        )
-        assert duplicate.duplicate and duplicate.run.id == existing.id
-        assert len(store_runs(tmp_path)) == 303
-        ids = [i for e in enqueued for i in (e.started or ())]  # type: ignore[union-attr]
-        assert len(ids) == len(set(ids)) == 2 * 300
-        for run in runs:
-            e = by_session[run.session_id + run.queue_id]
-            assert e.started is not None
-            stored = {m.id: m for m in await store.recent_messages(run.session_id, 10)}
-            user_message, answer = stored[e.started[0]], stored[e.started[1]]
-            assert user_message.role == "user" and user_message.content == run.input
-            assert answer.role == "assistant" and answer.run_id == run.id
-        assert await store.integrity_check() == "ok"
-    finally:
-        await store.close()
+    runs = [new_run(f"s{i}") for i in range(300)]
+    again = new_run("old", queue_id="q2")  # a stored session this call thinks is new
+    dup = new_run("old")  # same queue_id as the stored run
+    results = await asyncio.gather(
+        *(
+            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
+            for r in [*runs[:150], again, dup, *runs[150:]]
+        ),
+        store.enqueue_run(new_run("bobs", "q9"), owner_id=user.id, title="t", seq_reserve=10),
+        return_exceptions=True,
+    )
+    *enqueued, foreign_clash = results
+    # a stored session this call took for new: nothing written, the caller loads it
+    assert foreign_clash.clash and foreign_clash.started is None  # type: ignore[union-attr]
+    # bulk, not one commit per run
+    assert store.transactions - before < 5
+    assert len(store_runs(tmp_path)) == 302  # the clashes wrote nothing
+    by_session = {e.run.session_id + e.run.queue_id: e for e in enqueued}  # type: ignore[union-attr]
+    assert by_session["oldq"].clash and by_session["oldq2"].clash
+    # the caller then enqueues with the loaded session's position
+    known = await store.enqueue_run(
+        again, owner_id=user.id, title="t", seq_reserve=10, position=2, start=start_rows(again)
+    )
+    assert known.run.position == 2 and known.started is not None and not known.clash
+    duplicate = await store.enqueue_run(
+        dup, owner_id=user.id, title="t", seq_reserve=10, position=3, start=start_rows(dup)
+    )
+    assert duplicate.duplicate and duplicate.run.id == existing.id
+    assert len(store_runs(tmp_path)) == 303
+    ids = [i for e in enqueued for i in (e.started or ())]  # type: ignore[union-attr]
+    assert len(ids) == len(set(ids)) == 2 * 300
+    for run in runs:
+        e = by_session[run.session_id + run.queue_id]
+        assert e.started is not None
+        stored = {m.id: m for m in await store.recent_messages(run.session_id, 10)}
+        user_message, answer = stored[e.started[0]], stored[e.started[1]]
+        assert user_message.role == "user" and user_message.content == run.input
+        assert answer.role == "assistant" and answer.run_id == run.id
+    assert await store.integrity_check() == "ok"
 
 
-async def test_message_ids_never_collide_or_come_back(tmp_path: Path) -> None:
+async def test_message_ids_never_collide_or_come_back(tmp_path: Path, store: Store) -> None:
     """Ids the store hands out itself and ids SQLite picks (one-off inserts) interleave without
     a clash, and a deleted session's ids are not handed out again."""
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
-    await store.open()
-    try:
-        user = await store.ensure_user("alice")
-        seen: list[int] = []
-        for i in range(6):
-            run = new_run(f"s{i}")
-            result = await store.enqueue_run(
-                run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
-            )
-            assert result.started is not None
-            seen.extend(result.started)
-            tool = await store.insert_message(
-                {
-                    "session_id": run.session_id,
-                    "run_id": run.id,
-                    "role": "tool",
-                    "status": "complete",
-                }
-            )
-            seen.append(tool)
-        assert len(seen) == len(set(seen)) and seen == sorted(seen)
-        await store.delete_session("s5")
-        run = new_run("s6")
+    user = await store.ensure_user("alice")
+    seen: list[int] = []
+    for i in range(6):
+        run = new_run(f"s{i}")
         result = await store.enqueue_run(
             run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
         )
-        assert result.started is not None and min(result.started) > max(seen)
-        assert await store.integrity_check() == "ok"
-    finally:
-        await store.close()
+        assert result.started is not None
+        seen.extend(result.started)
+        tool = await store.insert_message(
+            {
+                "session_id": run.session_id,
+                "run_id": run.id,
+                "role": "tool",
+                "status": "complete",
+            }
+        )
+        seen.append(tool)
+    assert len(seen) == len(set(seen)) and seen == sorted(seen)
+    await store.delete_session("s5")
+    run = new_run("s6")
+    result = await store.enqueue_run(
+        run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
+    )
+    assert result.started is not None and min(result.started) > max(seen)
+    assert await store.integrity_check() == "ok"
 
 
-async def test_messages_written_by_another_process_do_not_break_new_runs(tmp_path: Path) -> None:
+async def test_messages_written_by_another_process_do_not_break_new_runs(
+    tmp_path: Path, store: Store
+) -> None:
     """The store counts message ids itself; when something else wrote messages (a restore, a
     script), the clash is noticed and the count read again, and the run is stored."""
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
-    await store.open()
-    try:
-        user = await store.ensure_user("alice")
-        first = new_run("a")
-        await store.enqueue_run(
-            first, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(first)
+    user = await store.ensure_user("alice")
+    first = new_run("a")
+    await store.enqueue_run(
+        first, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(first)
+    )
+    outside = sqlite3.connect(tmp_path / "chatrun.db")
+    outside.executemany(
+        "INSERT INTO messages (session_id, role, content, reasoning, status, created_at, "
+        "updated_at) VALUES ('a', 'user', 'pasted', '', 'complete', 0, 0)",
+        [()] * 5,
+    )
+    outside.commit()
+    outside.close()
+    run = new_run("b")
+    result = await store.enqueue_run(
+        run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
+    )
+    assert result.started is not None and not result.clash
+    assert await store.integrity_check() == "ok"
+
+
+async def test_a_run_that_fails_in_a_burst_fails_alone_and_leaves_nothing(
+    tmp_path: Path, store: Store
+) -> None:
+    user = await store.ensure_user("alice")
+    warm = new_run("warm")  # the store knows its message ids from here on
+    await store.enqueue_run(warm, owner_id=user.id, title="t", seq_reserve=10)
+    runs = [new_run(f"s{i}") for i in range(20)]
+    twin = new_run("twin")
+    twin.id = runs[3].id  # the runs table refuses a second run with this id
+    burst = [*runs[:10], twin, *runs[10:]]
+    results = await asyncio.gather(
+        *(
+            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
+            for r in burst
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[10], Exception)
+    assert all(not isinstance(r, BaseException) and r.started for r in results[:10])
+    assert all(not isinstance(r, BaseException) and r.started for r in results[11:])
+    with sqlite3.connect(tmp_path / "chatrun.db") as conn:  # what another reader sees
+        sessions = {row[0] for row in conn.execute("SELECT id FROM sessions")}
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    assert sessions == {"warm", *(f"s{i}" for i in range(20))}  # not the twin's
+    assert messages == 2 * 20
+    assert sorted(store_runs(tmp_path)) == sorted(
+        [("warm", "q"), *((f"s{i}", "q") for i in range(20))]
+    )
+    assert await store.integrity_check() == "ok"
+
+
+async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path, store: Store) -> None:
+    user = await store.ensure_user("alice")
+    run = new_run("chat")
+    await store.enqueue_run(run, owner_id=user.id, title="t", seq_reserve=10)
+    rows: list[tuple[str, str, int | None]] = [
+        ("user", "first question", 3),
+        ("assistant", "first answer", None),  # stored before counts were kept
+        ("tool", "tool output is never history", 5),
+        ("assistant", "", 0),  # an empty turn is not history either
+        ("user", "second question", None),
+        ("assistant", "second answer", 2),
+        ("user", "the question being asked now", 6),
+    ]
+    ids = [
+        await store.insert_message(
+            {
+                "session_id": "chat",
+                "role": role,
+                "content": content,
+                "status": "complete",
+                "token_count": tokens,
+            }
         )
-        outside = sqlite3.connect(tmp_path / "chatrun.db")
-        outside.executemany(
-            "INSERT INTO messages (session_id, role, content, reasoning, status, created_at, "
-            "updated_at) VALUES ('a', 'user', 'pasted', '', 'complete', 0, 0)",
-            [()] * 5,
-        )
-        outside.commit()
-        outside.close()
-        run = new_run("b")
-        result = await store.enqueue_run(
-            run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
-        )
-        assert result.started is not None and not result.clash
-        assert await store.integrity_check() == "ok"
-    finally:
-        await store.close()
+        for role, content, tokens in rows
+    ]
+    asking = ids[-1]
+
+    def count(text: str) -> int:
+        return len(text)
+
+    snapshot, items = await store.context("chat", asking, count)
+    assert snapshot is None
+    assert [(i.role, i.content, i.token_count) for i in items] == [
+        ("user", "first question", 3),
+        ("assistant", "first answer", len("first answer")),
+        ("user", "second question", len("second question")),
+        ("assistant", "second answer", 2),
+    ]
+    # the counts worked out here were saved: the next read finds them stored
+    snapshot, again = await store.context("chat", asking, lambda text: -1)
+    assert again == items
+    summary = SnapshotRecord(
+        session_id="chat",
+        summary="they asked twice",
+        last_message_id=ids[1],
+        message_count=2,
+        covered_tokens=15,
+        summary_tokens=4,
+        created_at=time.time(),
+    )
+    await store.save_snapshot(summary)
+    snapshot, items = await store.context("chat", asking, count)
+    assert snapshot == summary
+    assert [i.content for i in items] == ["second question", "second answer"]
+    # the same as the two reads it stands for
+    assert snapshot == await store.latest_snapshot("chat")
+    assert items == await store.history("chat", asking, count, after_id=ids[1])
+    assert await store.context("nobody", asking, count) == (None, [])
 
 
-async def test_a_run_that_fails_in_a_burst_fails_alone_and_leaves_nothing(tmp_path: Path) -> None:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
-    await store.open()
-    try:
-        user = await store.ensure_user("alice")
-        warm = new_run("warm")  # the store knows its message ids from here on
-        await store.enqueue_run(warm, owner_id=user.id, title="t", seq_reserve=10)
-        runs = [new_run(f"s{i}") for i in range(20)]
-        twin = new_run("twin")
-        twin.id = runs[3].id  # the runs table refuses a second run with this id
-        burst = [*runs[:10], twin, *runs[10:]]
-        results = await asyncio.gather(
-            *(
-                store.enqueue_run(
-                    r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r)
-                )
-                for r in burst
-            ),
-            return_exceptions=True,
-        )
-        assert isinstance(results[10], Exception)
-        assert all(not isinstance(r, BaseException) and r.started for r in results[:10])
-        assert all(not isinstance(r, BaseException) and r.started for r in results[11:])
-        with sqlite3.connect(tmp_path / "chatrun.db") as conn:  # what another reader sees
-            sessions = {row[0] for row in conn.execute("SELECT id FROM sessions")}
-            messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-        assert sessions == {"warm", *(f"s{i}" for i in range(20))}  # not the twin's
-        assert messages == 2 * 20
-        assert sorted(store_runs(tmp_path)) == sorted(
-            [("warm", "q"), *((f"s{i}", "q") for i in range(20))]
-        )
-        assert await store.integrity_check() == "ok"
-    finally:
-        await store.close()
-
-
-async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path) -> None:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
-    await store.open()
-    try:
-        user = await store.ensure_user("alice")
-        run = new_run("chat")
-        await store.enqueue_run(run, owner_id=user.id, title="t", seq_reserve=10)
-        rows: list[tuple[str, str, int | None]] = [
-            ("user", "first question", 3),
-            ("assistant", "first answer", None),  # stored before counts were kept
-            ("tool", "tool output is never history", 5),
-            ("assistant", "", 0),  # an empty turn is not history either
-            ("user", "second question", None),
-            ("assistant", "second answer", 2),
-            ("user", "the question being asked now", 6),
-        ]
-        ids = [
-            await store.insert_message(
-                {
-                    "session_id": "chat",
-                    "role": role,
-                    "content": content,
-                    "status": "complete",
-                    "token_count": tokens,
-                }
-            )
-            for role, content, tokens in rows
-        ]
-        asking = ids[-1]
-
-        def count(text: str) -> int:
-            return len(text)
-
-        snapshot, items = await store.context("chat", asking, count)
-        assert snapshot is None
-        assert [(i.role, i.content, i.token_count) for i in items] == [
-            ("user", "first question", 3),
-            ("assistant", "first answer", len("first answer")),
-            ("user", "second question", len("second question")),
-            ("assistant", "second answer", 2),
-        ]
-        # the counts worked out here were saved: the next read finds them stored
-        snapshot, again = await store.context("chat", asking, lambda text: -1)
-        assert again == items
-        summary = SnapshotRecord(
-            session_id="chat",
-            summary="they asked twice",
-            last_message_id=ids[1],
-            message_count=2,
-            covered_tokens=15,
-            summary_tokens=4,
-            created_at=time.time(),
-        )
-        await store.save_snapshot(summary)
-        snapshot, items = await store.context("chat", asking, count)
-        assert snapshot == summary
-        assert [i.content for i in items] == ["second question", "second answer"]
-        # the same as the two reads it stands for
-        assert snapshot == await store.latest_snapshot("chat")
-        assert items == await store.history("chat", asking, count, after_id=ids[1])
-        assert await store.context("nobody", asking, count) == (None, [])
-    finally:
-        await store.close()
-
-
-async def test_batches_of_new_runs_in_flight_together_all_land(tmp_path: Path) -> None:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
-    await store.open()
-    try:
-        user = await store.ensure_user("alice")
-        await store.enqueue_run(new_run("warm"), owner_id=user.id, title="t", seq_reserve=10)
-        before = store.transactions
-        runs = [new_run(f"s{i}") for i in range(1234)]  # three batches, written concurrently
-        results = await asyncio.gather(
-            *(
-                store.enqueue_run(
-                    r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r)
-                )
-                for r in runs
-            )
-        )
-        assert store.transactions - before == 3
-        ids = [i for e in results for i in (e.started or ())]
-        assert len(ids) == len(set(ids)) == 2 * len(runs)
-        with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-            assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1 + len(runs)
-            stored = dict(conn.execute("SELECT id, run_id FROM messages"))
-        assert all(stored[e.started[0]] == e.run.id for e in results if e.started)
-        assert await store.integrity_check() == "ok"
-    finally:
-        await store.close()
-
-
-async def test_a_write_whose_caller_is_cancelled_still_lands_whole(tmp_path: Path) -> None:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
-    await store.open()
-    try:
-        user = await store.ensure_user("alice")
-        runs = [new_run(f"s{i}") for i in range(30)]
-        callers = [
-            asyncio.ensure_future(
-                store.enqueue_run(
-                    r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r)
-                )
-            )
+async def test_batches_of_new_runs_in_flight_together_all_land(
+    tmp_path: Path, store: Store
+) -> None:
+    user = await store.ensure_user("alice")
+    await store.enqueue_run(new_run("warm"), owner_id=user.id, title="t", seq_reserve=10)
+    before = store.transactions
+    runs = [new_run(f"s{i}") for i in range(1234)]  # three batches, written concurrently
+    results = await asyncio.gather(
+        *(
+            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
             for r in runs
-        ]
-        await asyncio.sleep(0)  # the writes are queued
-        for caller in callers[::2]:
-            caller.cancel()
-        results = await asyncio.gather(*callers, return_exceptions=True)
-        assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
-        assert all(not isinstance(r, BaseException) and r.started for r in results[1::2])
-        # every write landed, the cancelled ones included, and the database takes more
-        later = new_run("later")
-        await store.enqueue_run(later, owner_id=user.id, title="t", seq_reserve=10)
-        assert len(store_runs(tmp_path)) == 31
-        with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-            assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 60
-        assert await store.integrity_check() == "ok"
-    finally:
-        await store.close()
-
-
-async def test_flushes_land_whole_or_not_at_all(tmp_path: Path) -> None:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
-    await store.open()
-    try:
-        user = await store.ensure_user("alice")
-        run = new_run("chat")
-        started = await store.enqueue_run(
-            run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
         )
-        assert started.started is not None
-        answer = started.started[1]
-        now = time.time()
+    )
+    assert store.transactions - before == 3
+    ids = [i for e in results for i in (e.started or ())]
+    assert len(ids) == len(set(ids)) == 2 * len(runs)
+    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1 + len(runs)
+        stored = dict(conn.execute("SELECT id, run_id FROM messages"))
+    assert all(stored[e.started[0]] == e.run.id for e in results if e.started)
+    assert await store.integrity_check() == "ok"
 
-        def chunk(message_id: int, text: str) -> MessageWrite:
-            return MessageWrite(
-                id=message_id,
-                status="streaming",
-                updated_at=now,
-                content_len=0,
-                reasoning_len=0,
-                append_content=text,
-            )
 
-        await store.write(
-            FlushBatch(messages=[chunk(answer, "Hel")], sessions={"chat": (50, now, 1, 2)})
+async def test_a_write_whose_caller_is_cancelled_still_lands_whole(
+    tmp_path: Path, store: Store
+) -> None:
+    user = await store.ensure_user("alice")
+    runs = [new_run(f"s{i}") for i in range(30)]
+    callers = [
+        asyncio.ensure_future(
+            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
         )
-        await store.write(FlushBatch(messages=[chunk(answer, "lo")]))
-        # a write the database refuses (text for a message that does not exist) fails alone
-        # and leaves nothing of itself behind, while the writes queued beside it land
-        results = await asyncio.gather(
-            store.write(
-                FlushBatch(
-                    messages=[chunk(answer, "half"), chunk(answer + 999, "lost")],
-                    sessions={"chat": (99, now, 0, 0)},
-                )
-            ),
-            store.write(FlushBatch(messages=[chunk(answer, "!")])),
-            return_exceptions=True,
+        for r in runs
+    ]
+    await asyncio.sleep(0)  # the writes are queued
+    for caller in callers[::2]:
+        caller.cancel()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
+    assert all(not isinstance(r, BaseException) and r.started for r in results[1::2])
+    # every write landed, the cancelled ones included, and the database takes more
+    later = new_run("later")
+    await store.enqueue_run(later, owner_id=user.id, title="t", seq_reserve=10)
+    assert len(store_runs(tmp_path)) == 31
+    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 60
+    assert await store.integrity_check() == "ok"
+
+
+async def test_flushes_land_whole_or_not_at_all(tmp_path: Path, store: Store) -> None:
+    user = await store.ensure_user("alice")
+    run = new_run("chat")
+    started = await store.enqueue_run(
+        run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
+    )
+    assert started.started is not None
+    answer = started.started[1]
+    now = time.time()
+
+    def chunk(message_id: int, text: str) -> MessageWrite:
+        return MessageWrite(
+            id=message_id,
+            status="streaming",
+            updated_at=now,
+            content_len=0,
+            reasoning_len=0,
+            append_content=text,
         )
-        assert isinstance(results[0], Exception) and results[1] is None
-        with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-            texts = [r[0] for r in conn.execute("SELECT text FROM message_chunks ORDER BY id")]
-            last_seq = conn.execute("SELECT last_seq FROM sessions WHERE id = 'chat'").fetchone()[0]
-        assert texts == ["Hel", "lo", "!"] and last_seq == 50
-        await store.write(
+
+    await store.write(
+        FlushBatch(messages=[chunk(answer, "Hel")], sessions={"chat": (50, now, 1, 2)})
+    )
+    await store.write(FlushBatch(messages=[chunk(answer, "lo")]))
+    # a write the database refuses (text for a message that does not exist) fails alone
+    # and leaves nothing of itself behind, while the writes queued beside it land
+    results = await asyncio.gather(
+        store.write(
             FlushBatch(
-                messages=[
-                    MessageWrite(
-                        id=answer,
-                        status="complete",
-                        updated_at=now,
-                        content_len=6,
-                        reasoning_len=0,
-                        content="Hello!",
-                        reasoning="",
-                        token_count=2,
-                    )
-                ]
+                messages=[chunk(answer, "half"), chunk(answer + 999, "lost")],
+                sessions={"chat": (99, now, 0, 0)},
             )
+        ),
+        store.write(FlushBatch(messages=[chunk(answer, "!")])),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Exception) and results[1] is None
+    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
+        texts = [r[0] for r in conn.execute("SELECT text FROM message_chunks ORDER BY id")]
+        last_seq = conn.execute("SELECT last_seq FROM sessions WHERE id = 'chat'").fetchone()[0]
+    assert texts == ["Hel", "lo", "!"] and last_seq == 50
+    await store.write(
+        FlushBatch(
+            messages=[
+                MessageWrite(
+                    id=answer,
+                    status="complete",
+                    updated_at=now,
+                    content_len=6,
+                    reasoning_len=0,
+                    content="Hello!",
+                    reasoning="",
+                    token_count=2,
+                )
+            ]
         )
-        with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-            row = conn.execute(
-                "SELECT content, status, token_count FROM messages WHERE id = ?", (answer,)
-            ).fetchone()
-            chunks = conn.execute("SELECT count(*) FROM message_chunks").fetchone()[0]
-        assert row == ("Hello!", "complete", 2) and chunks == 0
-        assert await store.integrity_check() == "ok"
-    finally:
-        await store.close()
+    )
+    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
+        row = conn.execute(
+            "SELECT content, status, token_count FROM messages WHERE id = ?", (answer,)
+        ).fetchone()
+        chunks = conn.execute("SELECT count(*) FROM message_chunks").fetchone()[0]
+    assert row == ("Hello!", "complete", 2) and chunks == 0
+    assert await store.integrity_check() == "ok"
