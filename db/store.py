@@ -30,10 +30,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from db.bulk import execute_rows, existing_keys
 from db.engine import create_engine, migrate
 from db.idfilter import IdFilter
 from db.models import ContextSnapshot, Message, MessageChunk, Run, Session, UpstreamConfigRow, User
@@ -147,6 +147,8 @@ class Store:
                 async for partition in result.partitions(10_000):
                     for (session_id,) in partition:
                         ids.add(session_id)
+                # known from the start, so even the first burst's commit is one trip
+                await self._message_ids.read(conn)
             self._session_ids = ids
 
     def may_have_session(self, session_id: str) -> bool:
@@ -1111,10 +1113,15 @@ class MessageIds:
     def __init__(self) -> None:
         self.last: int | None = None
 
+    async def read(self, conn: AsyncConnection) -> None:
+        """Read the table's highest id."""
+        self.last = int((await conn.execute(MAX_MESSAGE_ID)).scalar_one())
+
     async def take(self, conn: AsyncConnection, count: int) -> int:
         """The first of ``count`` new consecutive ids."""
         if self.last is None:
-            self.last = int((await conn.execute(MAX_MESSAGE_ID)).scalar_one())
+            await self.read(conn)
+            assert self.last is not None
         first = self.last + 1
         self.last += count
         return first
@@ -1131,9 +1138,8 @@ class MessageIds:
 
 
 INSERT_MESSAGES = insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True)
-INSERT_NEW_SESSIONS = (
-    sqlite_insert(SESSIONS).on_conflict_do_nothing(index_elements=["id"]).returning(SESSIONS.c.id)
-)
+# which of a batch's new sessions are stored already (SQLite, in the batch's transaction)
+EXISTING_SESSIONS = f"SELECT id FROM {SESSIONS.name} WHERE id IN ({{keys}})"
 MAX_MESSAGE_ID = select(func.coalesce(func.max(MESSAGES.c.id), 0))
 
 
@@ -1408,7 +1414,7 @@ def _snapshot(m: Any) -> SnapshotRecord:
 
 _BULK_STATEMENTS: dict[str, Any] = {
     "run": INSERT_RUN,
-    "session": INSERT_NEW_SESSIONS,
+    "session": INSERT_SESSION,
     "message": INSERT_MESSAGE_ROWS,
     "flush_whole": FLUSH_WHOLE_MESSAGES,
     "delete_chunks": DELETE_MESSAGE_CHUNKS,
@@ -1440,17 +1446,20 @@ def _sqlite_sql(
 
 
 def _run_ops(db: sqlite3.Connection, ops: list[_Op], commit: bool) -> list[Any]:
-    """Runs in the database thread: each step in order, then with ``commit`` a commit (or a
-    rollback when anything failed)."""
+    """Runs in the database thread: each step in order (in multi-row statements, see
+    ``db.bulk``), then with ``commit`` a commit (or a rollback when anything failed)."""
 
     def run() -> list[Any]:
+        if not db.in_transaction:
+            # the write lock from the start: the clash check of new sessions reads inside it
+            db.execute("BEGIN IMMEDIATE")
         results: list[Any] = []
         for op in ops:
             if op[0] == "runs":
                 results.append(_insert_run_rows(db, op[1], op[2]))
             else:
                 for text, rows in op[1]:
-                    db.executemany(text, rows)
+                    execute_rows(db, text, rows)
                 results.append(None)
         return results
 
@@ -1470,22 +1479,30 @@ def _insert_run_rows(
     sql: dict[str, tuple[str, tuple[str, ...]]],
     plan: list[tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]],
 ) -> set[int]:
-    """Insert new sessions (a session already stored is a clash: its run is not written),
-    then the runs and their messages. Returns the clashing indices."""
+    """Insert new sessions (a session already stored, or created twice in the batch, is a
+    clash: its run is not written), then the runs and their messages. Returns the clashing
+    indices. Runs inside the batch's write transaction, so nothing is stored in between."""
     clashed: set[int] = set()
-    for index, (session, _, _) in enumerate(plan):
-        if session is not None:
-            text, order = sql["session"]
-            if db.execute(text, [session[k] for k in order]).fetchone() is None:
+    new = [(index, session) for index, (session, _, _) in enumerate(plan) if session is not None]
+    if new:
+        taken = existing_keys(db, EXISTING_SESSIONS, [session["id"] for _, session in new])
+        rows = []
+        text, order = sql["session"]
+        for index, session in new:
+            if session["id"] in taken:
                 clashed.add(index)
+            else:
+                taken.add(session["id"])
+                rows.append([session[k] for k in order])
+        execute_rows(db, text, rows)
     kept = [entry for index, entry in enumerate(plan) if index not in clashed]
     if kept:
         text, order = sql["run"]
-        db.executemany(text, [[run[k] for k in order] for _, run, _ in kept])
+        execute_rows(db, text, [[run[k] for k in order] for _, run, _ in kept])
     messages = [m for _, _, ms in kept for m in ms]
     if messages:
         text, order = sql["message"]
-        db.executemany(text, [[m[k] for k in order] for m in messages])
+        execute_rows(db, text, [[m[k] for k in order] for m in messages])
     return clashed
 
 

@@ -109,6 +109,32 @@ async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
     assert await store.integrity_check() == "ok"
 
 
+async def test_a_new_session_twice_in_one_burst_is_created_once(
+    tmp_path: Path, store: Store
+) -> None:
+    """Two runs that both create one new session in the same group commit: the first creates
+    it, the second is a clash (its caller loads the session and enqueues again)."""
+    user = await store.ensure_user("alice")
+    before = store.transactions
+    first, second = new_run("twin", "qa"), new_run("twin", "qb")
+    others = [new_run(f"s{i}") for i in range(20)]
+    results = await asyncio.gather(
+        *(
+            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
+            for r in [*others[:10], first, second, *others[10:]]
+        )
+    )
+    assert store.transactions - before <= 2
+    made, clash = results[10], results[11]
+    assert made.session is not None and made.started is not None and not made.clash
+    assert clash.clash and clash.session is None and clash.started is None
+    assert sorted(store_runs(tmp_path)) == sorted(
+        [("twin", "qa"), *((r.session_id, "q") for r in others)]
+    )
+    assert all(r.started is not None for r in results[:10] + results[12:])
+    assert await store.integrity_check() == "ok"
+
+
 async def test_message_ids_never_collide_or_come_back(tmp_path: Path, store: Store) -> None:
     """Ids the store hands out itself and ids SQLite picks (one-off inserts) interleave without
     a clash, and a deleted session's ids are not handed out again."""
