@@ -26,15 +26,36 @@ _PARAMETER = re.compile(r"\?")
 def execute_rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
     """Run single-row statement ``sql`` (an INSERT … VALUES, an UPDATE … WHERE key = ? with the
     key last, or a DELETE … WHERE key = ?) once for each row, as ``executemany`` would, in
-    a few steps. Rows that update one key twice: the last one wins, as with ``executemany``."""
+    a few steps. Rows that update one key again are applied after the earlier ones, as with
+    ``executemany``."""
     if not rows:
         return
-    width = len(rows[0])
     if sql.startswith("UPDATE"):
         if not HAS_UPDATE_FROM:
             db.executemany(sql, rows)
             return
-        rows = list({row[-1]: row for row in rows}.values())
+        for rounds in _by_repeat(rows):
+            _execute_chunks(db, sql, rounds)
+        return
+    _execute_chunks(db, sql, rows)
+
+
+def _by_repeat(rows: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]]:
+    """Rows by how often their key (the last value) came before: in an ``UPDATE … FROM``
+    each row must have a key of its own."""
+    rounds: list[list[Sequence[Any]]] = []
+    seen: dict[Any, int] = {}
+    for row in rows:
+        n = seen.get(row[-1], 0)
+        seen[row[-1]] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(row)
+    return rounds
+
+
+def _execute_chunks(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    width = len(rows[0])
     chunk = max(1, min(MAX_ROWS, _variable_limit(db) // width))
     flat: list[Any] = []
     for start in range(0, len(rows), chunk):

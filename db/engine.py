@@ -22,11 +22,11 @@ def create_engine(url: str) -> AsyncEngine:
     # ``connect()`` block (rolled back when it closes), so the pool's extra rollback on return
     # would be one more trip to the database thread after every commit.
     engine = create_async_engine(url, pool_reset_on_return=None)
-    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

@@ -30,6 +30,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -50,6 +51,7 @@ from db.records import (
     dump_json,
     load_json,
 )
+from db.writer import WriterThread
 from server.errors import BadRequest, Forbidden
 
 ACTIVE_RUN_STATUSES = ("running",)
@@ -134,6 +136,7 @@ class Store:
         # ids of the stored sessions (and of those being created), kept where this process is
         # the database's only writer (SQLite); see ``may_have_session``
         self._session_ids: IdFilter | None = None
+        self._writer_thread: WriterThread | None = None  # SQLite: where group commits go
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -150,6 +153,10 @@ class Store:
                 # known from the start, so even the first burst's commit is one trip
                 await self._message_ids.read(conn)
             self._session_ids = ids
+            database = make_url(self.url).database
+            if database and database != ":memory:":
+                self._writer_thread = WriterThread(database)
+                await self._writer_thread.open()
 
     def may_have_session(self, session_id: str) -> bool:
         """False only when no session with this id is stored or being created. Exact in that
@@ -160,6 +167,9 @@ class Store:
     async def close(self) -> None:
         if self._writer is not None:
             await asyncio.shield(self._writer)  # let queued writes land
+        if self._writer_thread is not None:
+            await self._writer_thread.close()
+            self._writer_thread = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -204,15 +214,14 @@ class Store:
         while self._pending or inflight:
             if self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                if self._one_trip(fns := [fn for fn, _ in batch]) and all(
-                    isinstance(fn, _RunInsert) for fn in fns
-                ):
-                    inflight.add(asyncio.ensure_future(self._commit(batch)))
+                one_trip = self._one_trip(fns := [fn for fn, _ in batch])
+                if one_trip and all(isinstance(fn, _RunInsert) for fn in fns):
+                    inflight.add(self._commit_in_one_trip(batch))
                     continue
                 if inflight:
                     await asyncio.wait(inflight)
                     inflight.clear()
-                await self._commit(batch)
+                await (self._commit_in_one_trip(batch) if one_trip else self._commit(batch))
                 continue
             self._arrived.clear()
             arrival: asyncio.Future[Any] = asyncio.ensure_future(self._arrived.wait())
@@ -221,69 +230,88 @@ class Store:
             inflight -= done
 
     def _one_trip(self, fns: Sequence[Callable[[AsyncConnection], Awaitable[Any]]]) -> bool:
-        """Whether a batch is written and committed in one trip to the database thread."""
+        """Whether a batch is written and committed in one trip to the SQLite writer thread:
+        a batch of new runs and flushes only (a burst of new chats, the flusher's ticks).
+        Through SQLAlchemy each statement costs three or four trips to aiosqlite's thread,
+        each waiting for a turn of the event loop, and under load a turn is long."""
         return (
-            self.engine.dialect.name == "sqlite"
+            self._writer_thread is not None
             and self._message_ids.last is not None
             and all(isinstance(fn, (_RunInsert, _FlushWrite)) for fn in fns)
         )
 
-    async def _commit(
-        self, batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
-    ) -> None:
+    async def _commit(self, batch: _Batch) -> None:
         """Commit a batch; when it fails, its halves are committed apart (in order), down to
         the single write that fails, so one clash costs a few extra commits, not one each."""
         try:
-            results = await self._run_committed([fn for fn, _ in batch])
+            async with self.engine.begin() as conn:
+                results = await _run_batch(conn, [fn for fn, _ in batch])
         except Exception:
-            if len(batch) == 1:
-                _settle(batch[0][1], exc=sys.exc_info()[1])
-                return
-            middle = len(batch) // 2
-            await self._commit(batch[:middle])
-            await self._commit(batch[middle:])
+            await self._failed(batch, sys.exc_info()[1], self._commit)
             return
+        self._committed(batch, results)
+
+    def _commit_in_one_trip(self, batch: _Batch) -> asyncio.Future[None]:
+        """Hand a batch to the writer thread at once (see ``_one_trip``); the future is done
+        when the batch is committed, or failed as ``_commit`` fails."""
+        assert self._writer_thread is not None
+        loop = asyncio.get_running_loop()
+        landed: asyncio.Future[None] = loop.create_future()
+        dialect = self.engine.dialect
+        fns = [fn for fn, _ in batch]
+        ops: list[_Op] = []
+        finishers: list[Callable[[Any], list[Any]]] = []
+        i = 0
+        while i < len(fns):
+            fn = fns[i]
+            if isinstance(fn, _FlushWrite):
+                ops.append(fn.prepare(dialect))
+                finishers.append(lambda _: [None])
+                i += 1
+                continue
+            j = i
+            while j < len(fns) and isinstance(fns[j], _RunInsert):
+                j += 1
+            op, finish = _RunInsert.plan(dialect, cast(list[_RunInsert], fns[i:j]))
+            ops.append(op)
+            finishers.append(finish)
+            i = j
+
+        def done(raw: list[Any] | None, error: BaseException | None) -> None:
+            if error is None:
+                assert raw is not None
+                results = [r for f, result in zip(finishers, raw, strict=True) for r in f(result)]
+                self._committed(batch, results)
+                landed.set_result(None)
+                return
+            if isinstance(error, sqlite3.Error):
+                error = _database_error(error, dialect, self._message_ids)
+            retry = asyncio.ensure_future(self._failed(batch, error, self._one_trip_again))
+            retry.add_done_callback(lambda _: landed.set_result(None))
+
+        self._writer_thread.submit(functools.partial(_run_ops, ops=ops, commit=True), done)
+        return landed
+
+    async def _one_trip_again(self, batch: _Batch) -> None:
+        await self._commit_in_one_trip(batch)
+
+    async def _failed(
+        self,
+        batch: _Batch,
+        error: BaseException | None,
+        commit: Callable[[_Batch], Awaitable[None]],
+    ) -> None:
+        if len(batch) == 1:
+            _settle(batch[0][1], exc=error)
+            return
+        middle = len(batch) // 2
+        await commit(batch[:middle])
+        await commit(batch[middle:])
+
+    def _committed(self, batch: _Batch, results: list[Any]) -> None:
         self.transactions += 1
         for (_, future), result in zip(batch, results, strict=True):
             _settle(future, result=result)
-
-    async def _run_committed(
-        self, fns: list[Callable[[AsyncConnection], Awaitable[Any]]]
-    ) -> list[Any]:
-        """Run a batch's writes in one transaction and commit it.
-
-        A batch of new runs and flushes only (a burst of new chats, the flusher's ticks) is
-        written and committed on SQLite in one trip to the database thread: each trip waits
-        for a turn of the event loop, and under load a turn is long, so a statement-by-statement
-        transaction (three or four trips per statement) would stretch every write of the batch.
-        """
-        if self._one_trip(fns):
-            async with self.engine.connect() as conn:  # no SQLAlchemy transaction is begun
-                driver = (await conn.get_raw_connection()).driver_connection
-                assert isinstance(driver, aiosqlite.Connection)  # SQLite's only async driver
-                ops: list[_Op] = []
-                finishers: list[Callable[[Any], list[Any]]] = []
-                i = 0
-                while i < len(fns):
-                    fn = fns[i]
-                    if isinstance(fn, _FlushWrite):
-                        ops.append(fn.prepare(conn.dialect))
-                        finishers.append(lambda _: [None])
-                        i += 1
-                        continue
-                    j = i
-                    while j < len(fns) and isinstance(fns[j], _RunInsert):
-                        j += 1
-                    op, finish = await _RunInsert.prepare(conn, cast(list[_RunInsert], fns[i:j]))
-                    ops.append(op)
-                    finishers.append(finish)
-                    i = j
-                raw = await _in_thread(conn, driver, ops, True, self._message_ids)
-                return [
-                    r for finish, result in zip(finishers, raw, strict=True) for r in finish(result)
-                ]
-        async with self.engine.begin() as conn:
-            return await _run_batch(conn, fns)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -1121,7 +1149,12 @@ class MessageIds:
         """The first of ``count`` new consecutive ids."""
         if self.last is None:
             await self.read(conn)
-            assert self.last is not None
+        return self.take_known(count)
+
+    def take_known(self, count: int) -> int:
+        """``take`` when the highest id is known."""
+        if self.last is None:
+            raise RuntimeError("the highest message id is not known")
         first = self.last + 1
         self.last += count
         return first
@@ -1274,18 +1307,28 @@ class _RunInsert:
     async def prepare(
         conn: AsyncConnection, inserts: list[_RunInsert]
     ) -> tuple[_Op, Callable[[Any], list[Enqueued]]]:
+        """``plan``, reading the highest message id first when it is not known."""
+        rows = sum(len(i.messages) for i in inserts)
+        if rows:
+            await inserts[0].ids.take(conn, 0)
+        return _RunInsert.plan(conn.dialect, inserts)
+
+    @staticmethod
+    def plan(
+        dialect: Any, inserts: list[_RunInsert]
+    ) -> tuple[_Op, Callable[[Any], list[Enqueued]]]:
         """The database-thread step that inserts ``inserts`` on SQLite, and what turns its
         result (the indices of clashing sessions) into their ``Enqueued``s."""
         # SQLite cannot order RETURNING rows of a multi-row insert: the transaction holds the
         # write lock, so the next message ids are ours to assign (a clash leaves a gap)
         rows = sum(len(i.messages) for i in inserts)
-        next_id = await inserts[0].ids.take(conn, rows) if rows else 0
+        next_id = inserts[0].ids.take_known(rows) if rows else 0
         plan: list[tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]] = []
         for i in inserts:
             messages = [{**m, "id": next_id + k} for k, m in enumerate(i.messages)]
             next_id += len(messages)
             plan.append((i.session_row, i.run_row, messages))
-        sql = _sqlite_sql(conn.dialect, plan)
+        sql = _sqlite_sql(dialect, plan)
 
         def finish(clashed: set[int]) -> list[Enqueued]:
             for index, i in enumerate(inserts):
@@ -1341,12 +1384,18 @@ async def _in_thread(
             list[Any],
             await driver._execute(_run_ops, driver._conn, ops, commit),  # type: ignore[no-untyped-call]
         )
-    except sqlite3.Error as exc:  # what SQLAlchemy would have raised (IntegrityError, …)
-        if "messages.id" in str(exc):
-            ids.forget()  # another process wrote messages: read the highest again
-        raise DBAPIError.instance(
-            "(one-trip write)", None, exc, sqlite3.Error, dialect=conn.dialect
-        ) from None
+    except sqlite3.Error as exc:
+        raise _database_error(exc, conn.dialect, ids) from None
+
+
+def _database_error(exc: sqlite3.Error, dialect: Any, ids: MessageIds) -> DBAPIError:
+    """What SQLAlchemy would have raised for ``exc`` (IntegrityError, …)."""
+    if "messages.id" in str(exc):
+        ids.forget()  # another process wrote messages: read the highest again
+    return cast(
+        DBAPIError,
+        DBAPIError.instance("(one-trip write)", None, exc, sqlite3.Error, dialect=dialect),
+    )
 
 
 LATEST_SNAPSHOT = (
@@ -1443,6 +1492,9 @@ def _sqlite_sql(
     if message is not None:
         sql["message"] = _compiled(dialect, "message", tuple(message))
     return sql
+
+
+_Batch = list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
 
 
 def _run_ops(db: sqlite3.Connection, ops: list[_Op], commit: bool) -> list[Any]:
