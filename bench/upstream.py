@@ -79,7 +79,12 @@ def main() -> None:
     app.router.add_get("/v1/runs/{run_id}/events", events)
     app.router.add_post("/v1/runs/{run_id}/stop", stop)
     app.router.add_get("/health", health)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    # a deep accept queue: a burst of new runs opens hundreds of connections at once, and with
+    # the default (128) the kernel drops SYNs past it, so that TTFD would measure its 1 s and
+    # 3 s retries instead of the systems under test
+    web.run_app(
+        app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, backlog=4096
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from server.events import input_text
 from server.metrics import Metrics
 from server.prestart import Prestart
 from server.settings import Settings
+from server.socket_writer import quicken
 from server.tasks import TaskSet
 from server.transcript import Transcript
 from server.upstream.base import UpstreamRun
@@ -109,6 +110,13 @@ class Emitter:
         )
         with contextlib.suppress(Exception):
             await self._sio._send_eio_packet(eio_sid, pkt)
+
+    def quicken(self, sid: str) -> None:
+        """Give a new socket's Engine.IO writer the quicker wait (``server/socket_writer``)."""
+        eio_sid = self._sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        socket = self._sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        if socket is not None:
+            quicken(socket)
 
     async def join(self, sid: str, session_id: str) -> None:
         await self._sio.enter_room(sid, room(session_id), namespace=NAMESPACE)
