@@ -33,6 +33,7 @@ from server.metrics import Metrics
 from server.prestart import Prestart, discard, prestart
 from server.sessions import SEQ_BLOCK, ActiveRun, SessionHub, SessionState
 from server.settings import Settings
+from server.starts import Starts
 from server.tasks import IdleWatch, TaskSet
 from server.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.transcript import MessageStatus, Transcript
@@ -126,6 +127,7 @@ class RunManager:
         self.tasks = tasks
         self.accepting = True
         self._shutting_down = False
+        self.starts = Starts(settings.first_delta_pause_ms / 1000)
 
     # -- client requests ----------------------------------------------------------------------
 
@@ -143,6 +145,15 @@ class RunManager:
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; try again shortly")
         profile = self.upstreams.resolve(profile)  # NotFound names the known profiles
+        self.starts.begin()
+        try:
+            return await self._submit(user, profile, req, sid)
+        finally:
+            self.starts.end()
+
+    async def _submit(
+        self, user: UserRecord, profile: str, req: RunPayload, sid: str
+    ) -> dict[str, Any]:
         async with self.hub.lock(req.session_id):
             # Only sessions held in memory are looked at first; for any other, the enqueue
             # creates the session, and when it is stored already, it is loaded and checked.
@@ -387,7 +398,11 @@ class RunManager:
         early: Prestart | None = None,
     ) -> None:
         active = ActiveRun(
-            record, message_ids=message_ids, fresh=fresh, input_tokens=input_tokens, early=early
+            record,
+            message_ids=message_ids,
+            fresh=fresh,
+            input_tokens=input_tokens,
+            early=early,
         )
         state.active = active
         state.state_events = []
@@ -452,12 +467,22 @@ class RunManager:
     async def _drive(self, state: SessionState, active: ActiveRun) -> None:
         record = active.record
         outcome: Outcome
+        active.starting = True
+        self.starts.begin()
         try:
             async with self.upstreams.lease(record.profile) as upstream:
                 outcome = await self._run_on(state, active, upstream)
         except ChatrunError as exc:  # the run's upstream config is gone or unusable
             outcome = Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
+        finally:
+            self._started(active)
         await self._finish(state, active, outcome)
+
+    def _started(self, active: ActiveRun) -> None:
+        """The run had its first event, or will not have one."""
+        if active.starting:
+            active.starting = False
+            self.starts.end()
 
     async def _run_on(self, state: SessionState, active: ActiveRun, upstream: Upstream) -> Outcome:
         record = active.record
@@ -643,8 +668,12 @@ class RunManager:
         task = asyncio.current_task()
         assert task is not None
         watch = IdleWatch(idle, task)
+        starts = self.starts
         try:
             while True:
+                if active.first_token and starts.should_pause(active.paused_in):
+                    active.paused_in = starts.burst
+                    await starts.wait()
                 try:
                     event = await anext(events)
                 except StopAsyncIteration:
@@ -660,6 +689,8 @@ class RunManager:
                         f"The upstream sent nothing for {idle:g} s", UpstreamCode.TIMEOUT
                     ) from None
                 watch.last = active.progress = watch.now()
+                if active.starting:
+                    self._started(active)
                 publish = self.hub.publish
                 if isinstance(event, TextDelta):
                     if event.text:

@@ -140,6 +140,8 @@ class ActiveRun:
     fresh: bool = False  # the first run of a session created just now: no history to read
     requested: float = 0.0  # perf_counter when the run was sent upstream
     first_token: bool = False
+    starting: bool = False  # counted in ``Starts.waiting`` until its first event
+    paused_in: int = 0  # the burst of new runs it last paused for (``server/starts.py``)
     input_tokens: int | None = None  # the question's token count, counted when it was saved
     context_tokens: int = 0  # what the run sent upstream, counted
     context_limit: int = 0

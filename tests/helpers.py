@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,13 @@ class Tab:
         self.profile = profile
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.received: list[float] = []  # when each event came in (monotonic)
         self._changed = asyncio.Condition()
         self.sio.on("*", self._on_any, namespace=NS)
 
     async def _on_any(self, event: str, data: Any = None) -> None:
         self.events.append((event, data))
+        self.received.append(time.monotonic())
         async with self._changed:
             self._changed.notify_all()
 
