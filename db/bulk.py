@@ -2,12 +2,13 @@
 
 Every step of an SQLite statement releases the GIL, and while the event loop is busy the
 database thread waits up to a switch interval (5 ms) to take it back. ``executemany`` steps
-once per row, so under a burst a 200-row write waited hundreds of milliseconds for the GIL
-alone (measured: 600 rows took 3.8 ms on an idle process and 160 to 800 ms next to a busy
-thread). The statements here write many rows per step: an INSERT with many ``VALUES`` rows,
-an UPDATE joined to a ``VALUES`` list (``UPDATE … FROM``, SQLite 3.33+), a DELETE of keys
-``IN`` a list. They are made from the single-row statement SQLAlchemy compiled, so the
-columns and expressions stay defined in one place.
+once per row, so under a burst a write of a few hundred rows waited for the GIL far longer
+than SQLite took (``python -m bench.dbthread``: 600 rows inserted and updated take about 3 ms
+either way on an idle process, and next to a thread that keeps the GIL busy 8 s with
+``executemany`` against 60 ms with the statements here). These write many rows per step: an
+INSERT with many ``VALUES`` rows, an UPDATE joined to a ``VALUES`` list (``UPDATE … FROM``,
+SQLite 3.33+), a DELETE of keys ``IN`` a list. They are made from the single-row statement
+SQLAlchemy compiled, so the columns and expressions stay defined in one place.
 """
 
 from __future__ import annotations
