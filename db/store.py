@@ -258,24 +258,13 @@ class Store:
         loop = asyncio.get_running_loop()
         landed: asyncio.Future[None] = loop.create_future()
         dialect = self.engine.dialect
-        fns = [fn for fn, _ in batch]
-        ops: list[_Op] = []
-        finishers: list[Callable[[Any], list[Any]]] = []
-        i = 0
-        while i < len(fns):
-            fn = fns[i]
-            if isinstance(fn, _FlushWrite):
-                ops.append(fn.prepare(dialect))
-                finishers.append(lambda _: [None])
-                i += 1
-                continue
-            j = i
-            while j < len(fns) and isinstance(fns[j], _RunInsert):
-                j += 1
-            op, finish = _RunInsert.plan(dialect, cast(list[_RunInsert], fns[i:j]))
-            ops.append(op)
-            finishers.append(finish)
-            i = j
+        try:
+            ops, finishers = _one_trip_ops(dialect, [fn for fn, _ in batch])
+        except Exception as exc:  # a write that cannot even be prepared fails its batch
+            for _, future in batch:
+                _settle(future, exc=exc)
+            landed.set_result(None)
+            return landed
 
         def done(raw: list[Any] | None, error: BaseException | None) -> None:
             if error is None:
@@ -1495,6 +1484,31 @@ def _sqlite_sql(
 
 
 _Batch = list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
+
+
+def _one_trip_ops(
+    dialect: Any, fns: list[Callable[[AsyncConnection], Awaitable[Any]]]
+) -> tuple[list[_Op], list[Callable[[Any], list[Any]]]]:
+    """The database-thread steps of a one-trip batch (consecutive new runs share one), and
+    what turns each step's result into its writes' results."""
+    ops: list[_Op] = []
+    finishers: list[Callable[[Any], list[Any]]] = []
+    i = 0
+    while i < len(fns):
+        fn = fns[i]
+        if isinstance(fn, _FlushWrite):
+            ops.append(fn.prepare(dialect))
+            finishers.append(lambda _: [None])
+            i += 1
+            continue
+        j = i
+        while j < len(fns) and isinstance(fns[j], _RunInsert):
+            j += 1
+        op, finish = _RunInsert.plan(dialect, cast(list[_RunInsert], fns[i:j]))
+        ops.append(op)
+        finishers.append(finish)
+        i = j
+    return ops, finishers
 
 
 def _run_ops(db: sqlite3.Connection, ops: list[_Op], commit: bool) -> list[Any]:
