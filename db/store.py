@@ -1134,14 +1134,8 @@ class MessageIds:
         """Read the table's highest id."""
         self.last = int((await conn.execute(MAX_MESSAGE_ID)).scalar_one())
 
-    async def take(self, conn: AsyncConnection, count: int) -> int:
-        """The first of ``count`` new consecutive ids."""
-        if self.last is None:
-            await self.read(conn)
-        return self.take_known(count)
-
-    def take_known(self, count: int) -> int:
-        """``take`` when the highest id is known."""
+    def take(self, count: int) -> int:
+        """The first of ``count`` new consecutive ids (the highest is known: ``read``)."""
         if self.last is None:
             raise RuntimeError("the highest message id is not known")
         first = self.last + 1
@@ -1253,17 +1247,12 @@ class _RunInsert:
         return (await _RunInsert.run_many(conn, [self]))[0]
 
     @staticmethod
-    async def run_many(
-        conn: AsyncConnection, inserts: list[_RunInsert], *, commit: bool = False
-    ) -> list[Enqueued]:
-        """Insert the rows of ``inserts``; with ``commit`` (SQLite only, on a connection in no
-        SQLAlchemy transaction) the inserts are committed, or rolled back when they fail, in
-        the same trip to the database thread."""
+    async def run_many(conn: AsyncConnection, inserts: list[_RunInsert]) -> list[Enqueued]:
+        """Insert the rows of ``inserts`` in the connection's transaction."""
         if conn.dialect.name == "sqlite":
             driver = (await conn.get_raw_connection()).driver_connection
             assert isinstance(driver, aiosqlite.Connection)  # SQLite's only async driver
-            return await _RunInsert._run_many_in_thread(conn, driver, inserts, commit)
-        assert not commit, "only SQLite commits in the insert's own trip"
+            return await _RunInsert._run_many_in_thread(conn, driver, inserts)
         sessions = [i.session_row for i in inserts if i.session_row is not None]
         if sessions:
             await conn.execute(INSERT_SESSION, sessions)
@@ -1279,7 +1268,7 @@ class _RunInsert:
 
     @staticmethod
     async def _run_many_in_thread(
-        conn: AsyncConnection, driver: aiosqlite.Connection, inserts: list[_RunInsert], commit: bool
+        conn: AsyncConnection, driver: aiosqlite.Connection, inserts: list[_RunInsert]
     ) -> list[Enqueued]:
         """``run_many`` for aiosqlite in one trip to its thread.
 
@@ -1288,19 +1277,12 @@ class _RunInsert:
         that wait, not SQLite, was most of a new run's time to its first token. The statements
         are SQLAlchemy's own, compiled once for this dialect.
         """
-        op, finish = await _RunInsert.prepare(conn, inserts)
-        (clashed,) = await _in_thread(conn, driver, [op], commit, inserts[0].ids)
+        ids = inserts[0].ids
+        if ids.last is None:
+            await ids.read(conn)
+        op, finish = _RunInsert.plan(conn.dialect, inserts)
+        (clashed,) = await _in_thread(conn, driver, [op], ids)
         return finish(clashed)
-
-    @staticmethod
-    async def prepare(
-        conn: AsyncConnection, inserts: list[_RunInsert]
-    ) -> tuple[_Op, Callable[[Any], list[Enqueued]]]:
-        """``plan``, reading the highest message id first when it is not known."""
-        rows = sum(len(i.messages) for i in inserts)
-        if rows:
-            await inserts[0].ids.take(conn, 0)
-        return _RunInsert.plan(conn.dialect, inserts)
 
     @staticmethod
     def plan(
@@ -1311,7 +1293,7 @@ class _RunInsert:
         # SQLite cannot order RETURNING rows of a multi-row insert: the transaction holds the
         # write lock, so the next message ids are ours to assign (a clash leaves a gap)
         rows = sum(len(i.messages) for i in inserts)
-        next_id = inserts[0].ids.take_known(rows) if rows else 0
+        next_id = inserts[0].ids.take(rows) if rows else 0
         plan: list[tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]] = []
         for i in inserts:
             messages = [{**m, "id": next_id + k} for k, m in enumerate(i.messages)]
@@ -1362,16 +1344,15 @@ async def _in_thread(
     conn: AsyncConnection,
     driver: aiosqlite.Connection,
     ops: list[_Op],
-    commit: bool,
     ids: MessageIds,
 ) -> list[Any]:
-    """Run ``ops`` in one trip to aiosqlite's thread (and commit them, with ``commit``);
+    """Run ``ops`` in one trip to aiosqlite's thread, in the connection's transaction;
     sqlite3 errors come back as SQLAlchemy's."""
     try:
         # aiosqlite runs a function in its thread with ``_execute`` (as its own methods do)
         return cast(
             list[Any],
-            await driver._execute(_run_ops, driver._conn, ops, commit),  # type: ignore[no-untyped-call]
+            await driver._execute(_run_ops, driver._conn, ops, False),  # type: ignore[no-untyped-call]
         )
     except sqlite3.Error as exc:
         raise _database_error(exc, conn.dialect, ids) from None
