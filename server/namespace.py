@@ -97,7 +97,6 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         query = parse_qs(environ.get("QUERY_STRING", ""))
         profile = (query.get("profile") or [""])[0][:MAX_PROFILE_CHARS]
         self.connections[sid] = Connection(user, profile or None)
-        self.hub.emitter.quicken(sid)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         connection = self.connections.pop(sid, None)

@@ -71,6 +71,18 @@ class Emitter:
 
     def __init__(self, sio: Any) -> None:
         self._sio = sio
+        # Each Engine.IO socket gets the quicker writer (``server/socket_writer``) as it opens,
+        # before a websocket connection starts writing.
+        opened = sio.eio.handlers.get("connect")
+        if opened is not None:
+
+            async def on_open(eio_sid: str, environ: dict[str, Any]) -> Any:
+                socket = sio.eio.sockets.get(eio_sid)
+                if socket is not None:
+                    quicken(socket)
+                return await opened(eio_sid, environ)
+
+            sio.eio.on("connect", on_open)
 
     @property
     def _fast(self) -> bool:
@@ -110,13 +122,6 @@ class Emitter:
         )
         with contextlib.suppress(Exception):
             await self._sio._send_eio_packet(eio_sid, pkt)
-
-    def quicken(self, sid: str) -> None:
-        """Give a new socket's Engine.IO writer the quicker wait (``server/socket_writer``)."""
-        eio_sid = self._sio.manager.eio_sid_from_sid(sid, NAMESPACE)
-        socket = self._sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        if socket is not None:
-            quicken(socket)
 
     async def join(self, sid: str, session_id: str) -> None:
         await self._sio.enter_room(sid, room(session_id), namespace=NAMESPACE)

@@ -36,8 +36,10 @@ TabFactory = Callable[..., Awaitable[Tab]]
 async def tab_factory(server: ChatrunServer) -> AsyncIterator[TabFactory]:
     tabs: list[Tab] = []
 
-    async def make(token: str = TOKEN, profile: str | None = None) -> Tab:
-        tab = Tab(server.url, token, profile)
+    async def make(
+        token: str = TOKEN, profile: str | None = None, transports: list[str] | None = None
+    ) -> Tab:
+        tab = Tab(server.url, token, profile, transports)
         await tab.connect()
         tabs.append(tab)
         return tab

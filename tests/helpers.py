@@ -99,10 +99,17 @@ class ChatrunServer:
 class Tab:
     """One browser tab: a real Socket.IO client that records every event it receives."""
 
-    def __init__(self, url: str, token: str = TOKEN, profile: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str = TOKEN,
+        profile: str | None = None,
+        transports: list[str] | None = None,
+    ) -> None:
         self.url = url
         self.token = token
         self.profile = profile
+        self.transports = transports or ["websocket"]  # ["polling", "websocket"]: upgrades
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.received: list[float] = []  # when each event came in (monotonic)
@@ -121,7 +128,7 @@ class Tab:
             url,
             auth={"token": self.token},
             namespaces=[NS],
-            transports=["websocket"],
+            transports=self.transports,
             wait_timeout=5,
         )
 

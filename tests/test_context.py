@@ -229,6 +229,11 @@ async def test_abort_during_compression_cancels_the_run(
 ) -> None:
     gate = asyncio.Event()
     ack = await fill(chat, "abort", hermes, gate)
+    active = small.app.hub.sessions["abort"].active
+    for _ in range(500):  # the summary request was accepted: an abort asks it to stop
+        if active is not None and active.handle is not None:
+            break
+        await asyncio.sleep(0.01)
     assert (await chat.call("abort", {"session_id": "abort"}))["aborting"] is True
     await chat.wait_event("run.cancelled", run_id=ack["run_id"])
     done = await chat.wait_event("abort.completed", run_id=ack["run_id"])
