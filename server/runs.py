@@ -689,7 +689,8 @@ class RunManager:
                         f"The upstream sent nothing for {idle:g} s", UpstreamCode.TIMEOUT
                     ) from None
                 watch.last = active.progress = watch.now()
-                if active.starting:
+                first = active.starting
+                if first:
                     self._started(active)
                 publish = self.hub.publish
                 if isinstance(event, TextDelta):
@@ -753,6 +754,8 @@ class RunManager:
                 elif isinstance(event, Cancelled):
                     active.stop_confirmed = active.aborting
                     return Outcome(RunStatus.CANCELLED)
+                if first:  # the run's first event (and run.started) leave from here, at once
+                    await self.hub.send_now(state)
         finally:
             watch.close()
             closer = getattr(events, "aclose", None)

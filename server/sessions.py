@@ -136,7 +136,7 @@ class ActiveRun:
 
     record: RunRecord
     started: float = field(default_factory=time.monotonic)
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[Any] | None = None  # the run's own, or its early request's
     handle: UpstreamRun | None = None
     aborting: bool = False
     stop_confirmed: bool = False
@@ -194,6 +194,7 @@ class SessionState:
         self.state_events: list[dict[str, Any]] = []
         self.outbox: deque[_Item] = deque()
         self.sender: asyncio.Task[None] | None = None
+        self.sending = False  # a task is sending an outbox item (the sender, or ``send_now``)
         self.deleting = False
         self.wake = asyncio.Event()  # set when the outbox gets an item for a waiting sender
         self.touched = time.monotonic()
@@ -223,6 +224,7 @@ class SessionHub:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.sent_now = 0  # items sent by ``send_now`` rather than the sender (for tests)
         self.emitter = emitter
         self.eventlog = eventlog
         self.tasks = tasks
@@ -343,13 +345,33 @@ class SessionHub:
         else:
             state.wake.set()
 
+    async def send_now(self, state: SessionState) -> None:
+        """Send what the session's outbox holds from the calling task, a turn of the event loop
+        sooner than the sender would, unless another task is sending for the session (a run's
+        first events go out this way). Deltas held back by a coalescing window are left to
+        the sender."""
+        if state.sending:
+            return
+        state.sending = True
+        try:
+            while state.outbox and not self._held(state.outbox[0]):
+                await self._send_item(state, state.outbox.popleft())
+                self.sent_now += 1
+        finally:
+            state.sending = False
+            if state.outbox:
+                state.wake.set()  # the sender takes the rest
+
+    def _held(self, item: _Item) -> bool:
+        return item.name == COALESCED and self.settings.coalesce_window_ms > 0
+
     async def _send_loop(self, state: SessionState) -> None:
         """Send the outbox in order; linger while a run is active (no task per event)."""
         try:
             while True:
-                if not state.outbox:
+                if not state.outbox or state.sending:
                     state.wake.clear()
-                    if state.active is None:
+                    if not state.outbox and state.active is None:
                         break
                     try:
                         async with asyncio.timeout(SENDER_LINGER):
@@ -357,30 +379,11 @@ class SessionHub:
                     except TimeoutError:
                         pass
                     continue
-                item = state.outbox.popleft()
+                state.sending = True
                 try:
-                    if item.kind == "resume":
-                        result: Any = await self._answer_resume(state, item.sid, item.last_seq)
-                    else:
-                        if item.name == COALESCED:
-                            window = self.settings.coalesce_window_ms / 1000
-                            if window:
-                                wait = item.t + window - perf_counter()
-                                if wait > 0:
-                                    await asyncio.sleep(wait)
-                            self._coalesce(state, item)
-                        if item.before is not None:
-                            await item.before()
-                        result = await self._emit(state, item.name, item.data)
-                        if item.name == COALESCED:
-                            self.metrics.relay_overhead.observe(perf_counter() - item.t)
-                except Exception as exc:
-                    log.exception("session %s: sending %s failed", state.id, item.name or "resume")
-                    if item.done is not None and not item.done.done():
-                        item.done.set_exception(exc)
-                    continue
-                if item.done is not None and not item.done.done():
-                    item.done.set_result(result)
+                    await self._send_item(state, state.outbox.popleft())
+                finally:
+                    state.sending = False
         finally:
             state.sender = None
             if state.outbox:  # cancelled with items left: never strand a waiter
@@ -388,6 +391,30 @@ class SessionHub:
                     if item.done is not None and not item.done.done():
                         item.done.cancel()
                 state.outbox.clear()
+
+    async def _send_item(self, state: SessionState, item: _Item) -> None:
+        try:
+            if item.kind == "resume":
+                result: Any = await self._answer_resume(state, item.sid, item.last_seq)
+            else:
+                if self._held(item):
+                    wait = item.t + self.settings.coalesce_window_ms / 1000 - perf_counter()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                if item.name == COALESCED:
+                    self._coalesce(state, item)
+                if item.before is not None:
+                    await item.before()
+                result = await self._emit(state, item.name, item.data)
+                if item.name == COALESCED:
+                    self.metrics.relay_overhead.observe(perf_counter() - item.t)
+        except Exception as exc:
+            log.exception("session %s: sending %s failed", state.id, item.name or "resume")
+            if item.done is not None and not item.done.done():
+                item.done.set_exception(exc)
+            return
+        if item.done is not None and not item.done.done():
+            item.done.set_result(result)
 
     @staticmethod
     def _coalesce(state: SessionState, item: _Item) -> None:
