@@ -406,7 +406,14 @@ class RunManager:
         )
         state.active = active
         state.state_events = []
-        active.task = self.tasks.spawn(self._drive(state, active), name=f"run:{record.id}")
+        active.starting = True
+        self.starts.begin()
+        name = f"run:{record.id}"
+        if early is not None and early.carry(lambda: self._drive(state, active)):
+            active.task = early.task  # the run continues in its early request's task
+            early.task.set_name(name)
+        else:
+            active.task = self.tasks.spawn(self._drive(state, active), name=name)
 
     async def _start_messages(self, record: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
         """The rows a run writes when it starts: its question (counted here, once) and its
@@ -467,8 +474,6 @@ class RunManager:
     async def _drive(self, state: SessionState, active: ActiveRun) -> None:
         record = active.record
         outcome: Outcome
-        active.starting = True
-        self.starts.begin()
         try:
             async with self.upstreams.lease(record.profile) as upstream:
                 outcome = await self._run_on(state, active, upstream)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import string
+from collections.abc import Callable
 
 import aiohttp
 
@@ -107,3 +108,55 @@ def test_id_filter_never_forgets_an_id_and_rarely_imagines_one() -> None:
     assert all(session_id in ids for session_id in stored)
     imagined = sum(new_id() in ids for _ in range(20_000))
     assert imagined < 20_000 * 0.03
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_run_committed_before_its_early_answer_continues_in_the_early_task(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    hermes.post_delay = 0.3  # the enqueue commits long before the upstream answers
+    ack = await tab.call("run", {"session_id": "carried", "input": "hello"})
+    state = server.app.hub.sessions["carried"]
+    active = state.active
+    assert active is not None and active.early is not None
+    assert active.task is active.early.task  # no task of its own to wake
+    assert active.task.get_name() == f"run:{ack['run_id']}"
+    done = await tab.wait_event("run.completed", run_id=ack["run_id"])
+    assert done["output"] == "Hello from the fake Hermes agent."
+    assert sent_early(server, "used") == 1 and sent_early(server, "unused") == 0
+    seqs = tab.seqs("carried")
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_a_run_aborted_while_its_early_request_waits_ends_cancelled(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    hermes.post_delay = 2.0
+    ack = await tab.call("run", {"session_id": "cut", "input": "hello"})
+    state = server.app.hub.sessions["cut"]
+    assert state.active is not None and state.active.early is not None
+    assert await tab.call("abort", {"session_id": "cut"}) == {"ok": True, "aborting": True}
+    await tab.wait_event("run.cancelled", run_id=ack["run_id"], timeout=5)
+    await until(lambda: state.active is None)
+    row = server.query("SELECT status FROM runs WHERE id = ?", ack["run_id"])[0]
+    assert row["status"] == "cancelled"
+    hermes.post_delay = 0.0  # the session takes the next run as usual
+    again = await tab.call("run", {"session_id": "cut", "input": "once more"})
+    await tab.wait_event("run.completed", run_id=again["run_id"])
+
+
+async def test_a_run_whose_early_request_waits_at_shutdown_is_interrupted(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    hermes.post_delay = 5.0
+    ack = await tab.call("run", {"session_id": "late", "input": "hello"})
+    assert server.app.hub.sessions["late"].active is not None
+    await server.restart()  # the run is cut short while the upstream has not answered
+    row = server.query("SELECT status FROM runs WHERE id = ?", ack["run_id"])[0]
+    assert row["status"] == "interrupted"
