@@ -71,6 +71,15 @@ def quicken(socket: Any) -> None:
     socket._websocket_handler = websocket_handler
 
 
+def _small(encoded: str | bytes) -> bool:
+    """At most ``DIRECT_MAX_BYTES`` once encoded (a compressed frame that size is still
+    compressed and written without a turn of the loop)."""
+    if isinstance(encoded, bytes):
+        return len(encoded) <= DIRECT_MAX_BYTES
+    # UTF-8 takes at most 4 bytes a character: only long text is measured
+    return len(encoded) * 4 <= DIRECT_MAX_BYTES or len(encoded.encode()) <= DIRECT_MAX_BYTES
+
+
 def _writable(ws: Any) -> bool:
     """Whether the websocket's connection has nothing waiting to be written."""
     request = getattr(ws, "environ", {}).get("aiohttp.request")
@@ -85,7 +94,7 @@ async def _send(self: Any, pkt: Any) -> None:
     ws = direct.ws
     if ws is not None and direct.waiting and self.queue.empty() and not self.upgrading:
         encoded = pkt.encode()
-        if len(encoded) <= DIRECT_MAX_BYTES and _writable(ws):
+        if _small(encoded) and _writable(ws):
             try:
                 await ws.send(encoded)
             except Exception:  # the writer meets the same failure and closes the socket

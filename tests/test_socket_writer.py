@@ -161,11 +161,12 @@ async def test_a_slow_client_or_a_large_packet_goes_through_the_queue(
     assert wire.frames == []
     await writer_waits(sock)
     wire.buffered = 0
-    big = "x" * DIRECT_MAX_BYTES
+    big, wide = "x" * DIRECT_MAX_BYTES, "é" * (DIRECT_MAX_BYTES // 2)  # bytes, not characters
     await sock.send(message(big))
+    await sock.send(message(wide))
     assert texts(wire.frames) == ["slow"]
     await writer_waits(sock)
-    assert texts(wire.frames) == ["slow", big]
+    assert texts(wire.frames) == ["slow", big, wide]
     assert sock.chatrun_direct.written == 0  # type: ignore[attr-defined]
 
 
