@@ -211,3 +211,11 @@ class Transcript:
             if name == "message.delta":
                 rid = data["run_id"]
                 self.text_by_run[rid] = self.text_by_run.get(rid, "") + data["delta"]
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` holds (fails the test after ``timeout`` seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.005)

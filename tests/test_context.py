@@ -14,7 +14,7 @@ from server.errors import ConfigError
 from server.settings import env_name
 from server.tokens import MESSAGE_OVERHEAD, TokenCounter
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import BOB_TOKEN, ChatrunServer, Tab, make_settings
+from tests.helpers import BOB_TOKEN, ChatrunServer, Tab, make_settings, until
 
 LIMIT = 400
 RESERVE = 100
@@ -230,10 +230,8 @@ async def test_abort_during_compression_cancels_the_run(
     gate = asyncio.Event()
     ack = await fill(chat, "abort", hermes, gate)
     active = small.app.hub.sessions["abort"].active
-    for _ in range(500):  # the summary request was accepted: an abort asks it to stop
-        if active is not None and active.handle is not None:
-            break
-        await asyncio.sleep(0.01)
+    # the summary request was accepted: an abort asks it to stop
+    await until(lambda: active is not None and active.handle is not None)
     assert (await chat.call("abort", {"session_id": "abort"}))["aborting"] is True
     await chat.wait_event("run.cancelled", run_id=ack["run_id"])
     done = await chat.wait_event("abort.completed", run_id=ack["run_id"])

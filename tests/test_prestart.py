@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import string
-from collections.abc import Callable
 
 import aiohttp
 
@@ -15,7 +14,7 @@ from server.tasks import TaskSet
 from server.upstream.base import UpstreamConfig, UpstreamRequest
 from server.upstream.hermes import HermesUpstream
 from tests.fakes.hermes import FakeHermes
-from tests.helpers import ChatrunServer, Tab
+from tests.helpers import ChatrunServer, Tab, until
 
 
 def sent_early(server: ChatrunServer, outcome: str) -> float:
@@ -108,13 +107,6 @@ def test_id_filter_never_forgets_an_id_and_rarely_imagines_one() -> None:
     assert all(session_id in ids for session_id in stored)
     imagined = sum(new_id() in ids for _ in range(20_000))
     assert imagined < 20_000 * 0.03
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "never happened"
-        await asyncio.sleep(0.005)
 
 
 async def test_a_run_committed_before_its_early_answer_continues_in_the_early_task(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import TabFactory
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab, make_settings
+from tests.helpers import ChatrunServer, Tab, make_settings, until
 
 
 async def a_session(server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory) -> str:
@@ -97,11 +97,7 @@ async def test_deltas_held_for_a_coalescing_window_are_left_to_the_sender(
             hub.publish(state, "message.delta", {"run_id": "elsewhere", "delta": "x"})
             await hub.send_now(state)
             assert state.seq == seq + 1 and len(state.outbox) <= 1  # the delta waits its window
-            for _ in range(100):
-                if state.seq == seq + 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert state.seq == seq + 2
+            await until(lambda: state.seq == seq + 2)
         finally:
             await tab.close()
     finally:
