@@ -365,7 +365,7 @@ class RunManager:
             return
         remaining = max(0.0, deadline - loop.time())
         done, _ = await asyncio.wait({task}, timeout=remaining)
-        if not done:
+        if not done and not active.finishing:  # a run saving its outcome is let finish
             task.cancel()
             await asyncio.wait({task})
 
@@ -481,6 +481,7 @@ class RunManager:
             outcome = Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
         finally:
             self._started(active)
+            active.finishing = True
         await self._finish(state, active, outcome)
 
     def _started(self, active: ActiveRun) -> None:
@@ -931,6 +932,7 @@ class RunManager:
                     or active.task is None
                     or active.aborting
                     or active.reaped
+                    or active.finishing
                     or now - active.progress
                     < stale_after + (compressing_extra if active.compressing else 0.0)
                 ):

@@ -152,6 +152,7 @@ class ActiveRun:
     context_limit: int = 0
     progress: float = field(default_factory=time.monotonic)  # last sign of life (monotonic)
     reaped: bool = False  # ended by the stale-run reaper
+    finishing: bool = False  # saving and announcing its outcome: no longer to be cut short
     compressing: bool = False  # fitting the history (compression has its own time limit)
     early: Prestart | None = None  # the request sent before the run's enqueue committed
 
