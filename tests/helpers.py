@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -211,6 +212,13 @@ class Transcript:
             if name == "message.delta":
                 rid = data["run_id"]
                 self.text_by_run[rid] = self.text_by_run.get(rid, "") + data["delta"]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (at the moment of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import TabFactory
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import BOB_TOKEN, TOKEN, ChatrunServer, Tab
+from tests.helpers import BOB_TOKEN, TOKEN, ChatrunServer, Tab, free_port
 
 
 class Api:
@@ -40,13 +40,31 @@ async def run_to_end(tab: Tab, session_id: str, text: str) -> str:
 
 
 async def test_me_and_wrong_tokens(server: ChatrunServer, http: aiohttp.ClientSession) -> None:
-    assert await Api(http, server.url, TOKEN).call("GET", "/api/me") == (
-        200,
-        {"user": {"name": "alice"}},
-    )
+    status, body = await Api(http, server.url, TOKEN).call("GET", "/api/me")
+    assert status == 200 and body["user"] == {"name": "alice"}
+    assert body["upstream"]["name"] == "default" and body["upstream"]["kind"] == "hermes"
+    assert body["upstream"]["state"] in ("ready", "degraded", "unreachable")
     for token in (None, "nope"):
         status, body = await Api(http, server.url, token).call("GET", "/api/me")
         assert status == 401 and body["error"]["code"] == "unauthorized"
+
+
+async def test_me_says_when_the_upstream_is_unreachable(
+    server: ChatrunServer, http: aiohttp.ClientSession
+) -> None:
+    await server.restart(upstream_url=f"http://127.0.0.1:{free_port()}")
+    api = Api(http, server.url, TOKEN)
+
+    upstream: dict[str, Any] = {}
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        _, body = await api.call("GET", "/api/me")
+        upstream = body["upstream"]
+        if upstream["state"] == "unreachable":
+            break
+        await asyncio.sleep(0.05)
+    assert upstream["state"] == "unreachable", upstream
+    assert "CHATRUN_UPSTREAM_URL" in upstream["hint"] and upstream["detail"]
 
 
 async def test_sessions_are_listed_newest_first_with_pages(

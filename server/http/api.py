@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 MAX_PAGE = 200
 MAX_TITLE = 200
 MAX_BODY = 64 * 1024
+UNREACHABLE_HINT = (
+    "Start the upstream server, or point Chatrun at one: set CHATRUN_UPSTREAM_KIND "
+    "(hermes, openai or lmstudio) and CHATRUN_UPSTREAM_URL, or change the config through "
+    "the admin API."
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -114,8 +119,24 @@ class SessionApi:
         return user
 
     async def me(self, request: web.Request) -> web.Response:
+        """The signed-in user, and the state of the upstream their runs go to by default
+        (so a page can say before the first message that it cannot be reached)."""
         user = await self.user(request)
-        return web.json_response({"user": {"name": user.name}})
+        return web.json_response({"user": {"name": user.name}, "upstream": self._upstream()})
+
+    def _upstream(self) -> dict[str, Any] | None:
+        chatrun = self.chatrun
+        name = chatrun.upstreams.active_name
+        if name is None:
+            return None
+        state = chatrun.upstream_health.states().get(name)
+        if state is None:
+            return None
+        body = {k: state[k] for k in ("kind", "url", "state", "detail")}
+        body["name"] = name
+        if state["state"] == "unreachable":
+            body["hint"] = UNREACHABLE_HINT
+        return body
 
     def _status(self, session_id: str) -> str:
         state = self.chatrun.hub.sessions.get(session_id)
