@@ -36,7 +36,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.bulk import execute_rows, existing_keys
 from db.engine import create_engine, migrate
-from db.idfilter import IdFilter
 from db.models import ContextSnapshot, Message, MessageChunk, Run, Session, UpstreamConfigRow, User
 from db.records import (
     Enqueued,
@@ -133,9 +132,6 @@ class Store:
         self._arrived = asyncio.Event()  # a write was queued (wakes a waiting writer)
         self.transactions = 0  # write transactions committed (a metric)
         self._message_ids = MessageIds()
-        # ids of the stored sessions (and of those being created), kept where this process is
-        # the database's only writer (SQLite); see ``may_have_session``
-        self._session_ids: IdFilter | None = None
         self._writer_thread: WriterThread | None = None  # SQLite: where group commits go
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -144,25 +140,13 @@ class Store:
         self._engine = create_engine(self.url)
         await migrate(self._engine)
         if self._engine.dialect.name == "sqlite":
-            ids = IdFilter()
             async with self._read() as conn:
-                result = await conn.stream(select(SESSIONS.c.id))
-                async for partition in result.partitions(10_000):
-                    for (session_id,) in partition:
-                        ids.add(session_id)
                 # known from the start, so even the first burst's commit is one trip
                 await self._message_ids.read(conn)
-            self._session_ids = ids
             database = make_url(self.url).database
             if database and database != ":memory:":
                 self._writer_thread = WriterThread(database)
                 await self._writer_thread.open()
-
-    def may_have_session(self, session_id: str) -> bool:
-        """False only when no session with this id is stored or being created. Exact in that
-        direction where this process is the database's only writer (SQLite); with any other
-        database it always answers True."""
-        return self._session_ids is None or session_id in self._session_ids
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -542,8 +526,6 @@ class Store:
             return await insert_run(conn, create_session=owner is None)
 
         run.position = position or 1
-        if position is None and self._session_ids is not None:
-            self._session_ids.add(run.session_id)  # (a failed create leaves only a maybe)
         fast = _RunInsert.build(
             run,
             owner_id=owner_id,

@@ -188,7 +188,6 @@ def _lifecycle(chatrun: Chatrun) -> Any:
             await chatrun.runs.recover()
             chatrun.tasks.spawn(chatrun.flusher.run(), name="flusher")
             chatrun.tasks.spawn(chatrun.runs.reap(), name="reaper")
-            chatrun.tasks.spawn(chatrun.runs.learn_windows(), name="learn-windows")
             chatrun.tasks.spawn(_evict_loop(chatrun), name="evict")
             chatrun.tasks.spawn(chatrun.metrics.watch_loop_lag(), name="loop-lag")
             chatrun.tasks.spawn(chatrun.upstream_health.watch(), name="upstream-probe")

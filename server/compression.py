@@ -108,22 +108,6 @@ class Compressor:
             self._limits[key] = cached
         return cached
 
-    async def learn_limit(self, upstream: Upstream) -> None:
-        """Look the window up ahead of any run; an upstream that cannot answer now is asked
-        again by the first run that needs it."""
-        key = _limit_key(upstream)
-        if key in self._limits:
-            return
-        try:
-            reported = upstream.config.context_length or await upstream.context_length()
-        except UpstreamError:
-            return
-        self._limits[key] = reported or self.settings.context_limit
-
-    def known_limit(self, upstream: Upstream) -> int | None:
-        """The profile's context window if it is known without asking the upstream."""
-        return upstream.config.context_length or self._limits.get(_limit_key(upstream))
-
     def window(self, limit: int) -> int:
         """Tokens a request may use: the window less the part kept for the answer."""
         reserve = min(self.settings.context_reserve_tokens, limit // 2)

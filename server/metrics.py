@@ -25,13 +25,6 @@ class Metrics:
         )
         self.queue_depth = Gauge("chatrun_queue_depth", "Queued runs in all sessions", registry=r)
         self.runs = Counter("chatrun_runs", "Runs that ended, by outcome", ["outcome"], registry=r)
-        self.sent_early = Counter(
-            "chatrun_runs_sent_early",
-            "First runs of new sessions sent upstream before their enqueue committed, by "
-            "whether the run used the answer (unused ones are stopped)",
-            ["outcome"],
-            registry=r,
-        )
         self.ttft = Histogram(
             "chatrun_upstream_time_to_first_token_seconds",
             "From the run request to the upstream until its first text",

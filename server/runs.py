@@ -30,10 +30,8 @@ from server.errors import (
 from server.events import RunInput, RunPayload, input_text, new_run_id
 from server.flusher import Flusher
 from server.metrics import Metrics
-from server.prestart import Prestart, discard, prestart
 from server.sessions import SEQ_BLOCK, ActiveRun, SessionHub, SessionState
 from server.settings import Settings
-from server.starts import Starts
 from server.tasks import IdleWatch, TaskSet
 from server.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.transcript import MessageStatus, Transcript
@@ -50,7 +48,7 @@ from server.upstream.base import (
     UpstreamRequest,
     UpstreamRun,
 )
-from server.upstream.health import UNREACHABLE, UpstreamHealth
+from server.upstream.health import UpstreamHealth
 from server.upstream.registry import Upstreams
 
 log = logging.getLogger("chatrun.runs")
@@ -127,7 +125,6 @@ class RunManager:
         self.tasks = tasks
         self.accepting = True
         self._shutting_down = False
-        self.starts = Starts(settings.first_delta_pause_ms / 1000)
 
     # -- client requests ----------------------------------------------------------------------
 
@@ -145,11 +142,7 @@ class RunManager:
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; try again shortly")
         profile = self.upstreams.resolve(profile)  # NotFound names the known profiles
-        self.starts.begin()
-        try:
-            return await self._submit(user, profile, req, sid)
-        finally:
-            self.starts.end()
+        return await self._submit(user, profile, req, sid)
 
     async def _submit(
         self, user: UserRecord, profile: str, req: RunPayload, sid: str
@@ -178,23 +171,14 @@ class RunManager:
                 )
                 start_now = state is None or (state.active is None and not state.queue)
                 start = await self._start_messages(record) if start_now else None
-                early = self._send_early(record, start) if state is None else None
-                try:
-                    result = await self.store.enqueue_run(
-                        record,
-                        owner_id=user.id,
-                        title=req.title,
-                        seq_reserve=SEQ_BLOCK,
-                        start=start,
-                        position=state.next_position if state is not None else None,
-                    )
-                except BaseException:
-                    self._discard(early)
-                    raise
-                if result.session is None or result.started is None:
-                    # not a new session starting this run: the early request is not its own
-                    self._discard(early)
-                    early = None
+                result = await self.store.enqueue_run(
+                    record,
+                    owner_id=user.id,
+                    title=req.title,
+                    seq_reserve=SEQ_BLOCK,
+                    start=start,
+                    position=state.next_position if state is not None else None,
+                )
                 if not result.clash or state is not None:
                     break
                 state = await self.hub.get(req.session_id)
@@ -207,11 +191,7 @@ class RunManager:
                 state = await self.hub.get(req.session_id)
                 if state is None:
                     raise NotFound("the session vanished while the run was queued")
-            try:
-                await self.hub.emitter.join(sid, state.id)
-            except BaseException:
-                self._discard(early)
-                raise
+            await self.hub.emitter.join(sid, state.id)
             if result.duplicate:
                 return self._ack(state, record, duplicate=True)
             state.next_position = max(state.next_position, record.position + 1)
@@ -222,7 +202,6 @@ class RunManager:
                     result.started,
                     fresh=result.session is not None,
                     input_tokens=start[0]["token_count"] if start is not None else None,
-                    early=early,
                 )
             else:
                 state.queue.append(record)
@@ -395,25 +374,11 @@ class RunManager:
         *,
         fresh: bool = False,
         input_tokens: int | None = None,
-        early: Prestart | None = None,
     ) -> None:
-        active = ActiveRun(
-            record,
-            message_ids=message_ids,
-            fresh=fresh,
-            input_tokens=input_tokens,
-            early=early,
-        )
+        active = ActiveRun(record, message_ids=message_ids, fresh=fresh, input_tokens=input_tokens)
         state.active = active
         state.state_events = []
-        active.starting = True
-        self.starts.begin()
-        name = f"run:{record.id}"
-        if early is not None and early.carry(lambda: self._drive(state, active)):
-            active.task = early.task  # the run continues in its early request's task
-            early.task.set_name(name)
-        else:
-            active.task = self.tasks.spawn(self._drive(state, active), name=name)
+        active.task = self.tasks.spawn(self._drive(state, active), name=f"run:{record.id}")
 
     async def _start_messages(self, record: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
         """The rows a run writes when it starts: its question (counted here, once) and its
@@ -435,42 +400,6 @@ class RunManager:
         parts = (self.settings.system_prompt, record.instructions)
         return "\n\n".join(p for p in parts if p) or None
 
-    def _send_early(
-        self, record: RunRecord, start: tuple[dict[str, Any], dict[str, Any]] | None
-    ) -> Prestart | None:
-        """Send the first run of a session with no history here upstream before its enqueue
-        commits (see ``server/prestart.py``)."""
-        if start is None or self.store.may_have_session(record.session_id):
-            return None  # a stored session (evicted, or from before a restart) has history
-        if self.health.get(record.profile).state == UNREACHABLE:
-            return None  # the run fails fast instead
-        try:
-            upstream = self.upstreams.get(record.profile)
-        except ChatrunError:
-            return None
-        limit = self.compressor.known_limit(upstream)
-        if limit is None or start[0]["token_count"] * 2 > self.compressor.window(limit):
-            return None  # the window is not known yet, or the input may have to be split
-        request = UpstreamRequest(
-            session_id=record.session_id,
-            input=record.input,
-            history=[],
-            instructions=self._instructions(record),
-            model=record.model,
-        )
-        return prestart(upstream, request, self.tasks, f"prestart:{record.id}")
-
-    async def learn_windows(self) -> None:
-        """Look up each upstream's context window at start-up, so that even the first runs
-        can be sent early."""
-        for upstream in self.upstreams.all():
-            await self.compressor.learn_limit(upstream)
-
-    def _discard(self, early: Prestart | None) -> None:
-        if early is not None:
-            self.metrics.sent_early.labels("unused").inc()
-            self.tasks.spawn(discard(early, self.settings.abort_grace), name="discard-prestart")
-
     async def _drive(self, state: SessionState, active: ActiveRun) -> None:
         record = active.record
         outcome: Outcome
@@ -480,15 +409,8 @@ class RunManager:
         except ChatrunError as exc:  # the run's upstream config is gone or unusable
             outcome = Outcome(RunStatus.FAILED, error=exc.message, code=exc.code)
         finally:
-            self._started(active)
             active.finishing = True
         await self._finish(state, active, outcome)
-
-    def _started(self, active: ActiveRun) -> None:
-        """The run had its first event, or will not have one."""
-        if active.starting:
-            active.starting = False
-            self.starts.end()
 
     async def _run_on(self, state: SessionState, active: ActiveRun, upstream: Upstream) -> Outcome:
         record = active.record
@@ -523,8 +445,6 @@ class RunManager:
                 RunStatus.FAILED, error=f"internal error ({type(exc).__name__})", code="internal"
             )
         finally:
-            self._discard(active.early)  # the run ended before it sent its request
-            active.early = None
             if active.handle is not None:
                 await active.handle.aclose()
 
@@ -563,15 +483,8 @@ class RunManager:
             model=record.model,
             context_summary=fitted.summary,
         )
-        early, active.early = active.early, None
-        if early is not None and early.matches(upstream, request):
-            self.metrics.sent_early.labels("used").inc()
-            active.requested = early.requested
-            handle = await early.handle()
-        else:
-            self._discard(early)
-            active.requested = time.perf_counter()
-            handle = await upstream.start(request)
+        active.requested = time.perf_counter()
+        handle = await upstream.start(request)
         active.handle = handle
         active.progress = time.monotonic()
         self.health.succeeded(record.profile)
@@ -674,12 +587,9 @@ class RunManager:
         task = asyncio.current_task()
         assert task is not None
         watch = IdleWatch(idle, task)
-        starts = self.starts
+        first = True
         try:
             while True:
-                if active.first_token and starts.should_pause(active.paused_in):
-                    active.paused_in = starts.burst
-                    await starts.wait()
                 try:
                     event = await anext(events)
                 except StopAsyncIteration:
@@ -695,9 +605,6 @@ class RunManager:
                         f"The upstream sent nothing for {idle:g} s", UpstreamCode.TIMEOUT
                     ) from None
                 watch.last = active.progress = watch.now()
-                first = active.starting
-                if first:
-                    self._started(active)
                 publish = self.hub.publish
                 if isinstance(event, TextDelta):
                     if event.text:
@@ -761,6 +668,7 @@ class RunManager:
                     active.stop_confirmed = active.aborting
                     return Outcome(RunStatus.CANCELLED)
                 if first:  # the run's first event (and run.started) leave from here, at once
+                    first = False
                     await self.hub.send_now(state)
         finally:
             watch.close()

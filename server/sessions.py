@@ -29,7 +29,6 @@ from db.store import Store
 from server.eventlog import EventLog
 from server.events import input_text
 from server.metrics import Metrics
-from server.prestart import Prestart
 from server.settings import Settings
 from server.socket_writer import quicken
 from server.tasks import TaskSet
@@ -136,7 +135,7 @@ class ActiveRun:
 
     record: RunRecord
     started: float = field(default_factory=time.monotonic)
-    task: asyncio.Task[Any] | None = None  # the run's own, or its early request's
+    task: asyncio.Task[Any] | None = None
     handle: UpstreamRun | None = None
     aborting: bool = False
     stop_confirmed: bool = False
@@ -145,8 +144,6 @@ class ActiveRun:
     fresh: bool = False  # the first run of a session created just now: no history to read
     requested: float = 0.0  # perf_counter when the run was sent upstream
     first_token: bool = False
-    starting: bool = False  # counted in ``Starts.waiting`` until its first event
-    paused_in: int = 0  # the burst of new runs it last paused for (``server/starts.py``)
     input_tokens: int | None = None  # the question's token count, counted when it was saved
     context_tokens: int = 0  # what the run sent upstream, counted
     context_limit: int = 0
@@ -154,7 +151,6 @@ class ActiveRun:
     reaped: bool = False  # ended by the stale-run reaper
     finishing: bool = False  # saving and announcing its outcome: no longer to be cut short
     compressing: bool = False  # fitting the history (compression has its own time limit)
-    early: Prestart | None = None  # the request sent before the run's enqueue committed
 
     @property
     def id(self) -> str:
@@ -225,7 +221,6 @@ class SessionHub:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.sent_now = 0  # items sent by ``send_now`` rather than the sender (for tests)
         self.emitter = emitter
         self.eventlog = eventlog
         self.tasks = tasks
@@ -357,7 +352,6 @@ class SessionHub:
         try:
             while state.outbox and not self._held(state.outbox[0]):
                 await self._send_item(state, state.outbox.popleft())
-                self.sent_now += 1
         finally:
             state.sending = False
             if state.outbox:

@@ -67,11 +67,6 @@ class Settings:
     coalesce_window_ms: int = _setting(
         0, "Extra wait for more deltas before emitting one (0: only adaptive coalescing)."
     )
-    first_delta_pause_ms: int = _setting(
-        1000,
-        "Under a burst of new runs, the longest a run already streaming pauses (once) while "
-        "runs still wait for their first delta (0: never).",
-    )
     uvloop: bool = _setting(True, "Run on uvloop when it is installed.")
     shutdown_grace_s: float = _setting(
         10.0, "On SIGTERM, how long runs in flight may finish before they are interrupted."
@@ -186,7 +181,6 @@ class Settings:
             "max_queue_depth",
             "upstream_retry_backoff_ms",
             "coalesce_window_ms",
-            "first_delta_pause_ms",
             "context_reserve_tokens",
             "compression_keep_turns",
             "rate_runs_per_min",

@@ -23,14 +23,6 @@ async def a_session(server: ChatrunServer, hermes: FakeHermes, tab_factory: TabF
     return "now"
 
 
-async def test_a_runs_first_events_leave_from_the_runs_own_task(
-    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
-) -> None:
-    hub = server.app.hub
-    await a_session(server, hermes, tab_factory)
-    assert hub.sent_now >= 2  # run.started and the first delta
-
-
 async def test_send_now_sends_what_is_queued_before_it_returns(
     server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
