@@ -86,7 +86,7 @@ async def _populate(store: Store, tokens: TokenCounter, n: int) -> None:
         for start in range(0, n, 2000):
             await conn.execute(insert(Message), rows[start : start + 2000])
     summary = _text(0, 300)
-    await store.save_snapshot(
+    await store.snapshots.save(
         SnapshotRecord(
             session_id=SESSION,
             summary=summary,
@@ -129,7 +129,7 @@ async def measure(messages: int, rounds: int) -> dict[str, Any]:
                 read_timeout=1,
                 retry_backoff=0,
             )
-            record = await store.get_session(SESSION)
+            record = await store.sessions.get(SESSION)
             assert record is not None
             state = SessionState(record, [], 0)
             calls_before = tokens.calls

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from db.bulk import execute_rows
+from db.sqlite.bulk import execute_rows
 
 INSERT = "INSERT INTO t (id, a, b, c) VALUES (?, ?, ?, ?)"
 UPDATE = "UPDATE t SET a=?, c=? WHERE t.id = ?"

@@ -25,7 +25,7 @@ async def burst(n: int) -> dict[str, float | int]:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite+aiosqlite:///{tmp}/bench.db")
         await store.open()
-        user = await store.ensure_user("bench")
+        user = await store.users.ensure("bench")
 
         async def one(i: int) -> float:
             run = RunRecord(
@@ -46,7 +46,9 @@ async def burst(n: int) -> dict[str, float | int]:
                 {**common, "role": "assistant", "content": "", "status": "streaming"},
             )
             began = time.perf_counter()
-            await store.enqueue_run(run, owner_id=user.id, title="t", seq_reserve=1000, start=start)
+            await store.runs.enqueue(
+                run, owner_id=user.id, title="t", seq_reserve=1000, start=start
+            )
             return (time.perf_counter() - began) * 1000
 
         began = time.perf_counter()

@@ -12,6 +12,12 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+DATABASE_FILE = "chatrun.db"
+
+
+def default_url(data_dir: Path) -> str:
+    """The SQLite database in ``data_dir``, where Chatrun keeps it unless told otherwise."""
+    return f"sqlite+aiosqlite:///{data_dir.resolve()}/{DATABASE_FILE}"
 
 
 def create_engine(url: str) -> AsyncEngine:

@@ -33,15 +33,15 @@ class Authenticator:
                 "as user %r. Use this only on a machine you trust.",
                 DEFAULT_USER,
             )
-            self._default = await self.store.ensure_user(DEFAULT_USER)
+            self._default = await self.store.users.ensure(DEFAULT_USER)
             return
         if s.auth_tokens:
-            await self.store.sync_users(parse_user_tokens(s.auth_tokens))
+            await self.store.users.sync(parse_user_tokens(s.auth_tokens))
         elif s.auth_token:
-            await self.store.sync_users({DEFAULT_USER: s.auth_token})
+            await self.store.users.sync({DEFAULT_USER: s.auth_token})
         else:
             path = s.data_dir / TOKEN_FILE
-            await self.store.sync_users({DEFAULT_USER: read_or_create_token(path)})
+            await self.store.users.sync({DEFAULT_USER: read_or_create_token(path)})
             log.info("auth token of user %r is in %s", DEFAULT_USER, path.resolve())
 
     async def authenticate(self, token: object) -> UserRecord | None:
@@ -49,7 +49,7 @@ class Authenticator:
             return self._default
         if not isinstance(token, str) or not token or len(token) > 512:
             return None
-        return await self.store.user_by_token(token)
+        return await self.store.users.by_token(token)
 
 
 def read_or_create_token(path: Path) -> str:

@@ -8,8 +8,8 @@ import datetime
 import re
 import secrets
 
+from db.errors import NameTaken
 from db.store import Store
-from server.errors import ChatrunError
 from server.settings import Settings
 
 USER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -38,20 +38,20 @@ async def run(settings: Settings, argv: list[str]) -> int:
                 print("a user name is 1-64 characters of A-Z a-z 0-9 . _ -")
                 return 2
             token = secrets.token_hex(32)
-            await store.add_user(args.name, token)
+            await store.users.add(args.name, token)
             print(f"user {args.name} created; token (shown only now):\n{token}")
         elif args.command == "list":
-            for name, created, revoked in await store.list_users():
+            for name, created, revoked in await store.users.all():
                 when = datetime.datetime.fromtimestamp(created).isoformat(timespec="seconds")
                 state = "revoked" if revoked else "active"
                 print(f"{name}\t{state}\tcreated {when}")
         elif args.command == "revoke":
-            if not await store.revoke_user(args.name):
+            if not await store.users.revoke(args.name):
                 print(f"no active user called {args.name!r}")
                 return 1
             print(f"user {args.name} revoked")
-    except ChatrunError as exc:
-        print(exc.message)
+    except NameTaken as exc:
+        print(exc)
         return 1
     finally:
         await store.close()

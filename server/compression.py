@@ -136,7 +136,7 @@ class Compressor:
         limit = await self.limit(upstream)
         window = self.window(limit)
         trigger = min(window, int(limit * self.settings.compression_trigger))
-        snapshot, items = await self.store.context(state.id, before_id, self.tokens.count)
+        snapshot, items = await self.store.snapshots.context(state.id, before_id, self.tokens.count)
         total = fixed + self.summary_cost(snapshot) + cost(items)
         if total <= trigger and not force:
             return self._fitted(snapshot, items, fixed, limit)
@@ -219,7 +219,7 @@ class Compressor:
                     summary_tokens=self.tokens.count(summary),
                     created_at=time.time(),
                 )
-                await self.store.save_snapshot(base)
+                await self.store.snapshots.save(base)
                 summarised = True
         if error is not None:
             log.warning("session %s: %s; sending recent turns only", state.id, error)

@@ -107,7 +107,7 @@ class Flusher:
             )
         started = time.perf_counter()
         try:
-            await self.store.write(batch)
+            await self.store.flush(batch)
         except BaseException:
             for draft in drafts:
                 draft.dirty = True

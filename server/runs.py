@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from db.errors import NotOwner
 from db.records import RunFinish, RunRecord, UserRecord
 from db.store import Store
 from server.chunking import read_in_parts
@@ -171,14 +172,17 @@ class RunManager:
                 )
                 start_now = state is None or (state.active is None and not state.queue)
                 start = await self._start_messages(record) if start_now else None
-                result = await self.store.enqueue_run(
-                    record,
-                    owner_id=user.id,
-                    title=req.title,
-                    seq_reserve=SEQ_BLOCK,
-                    start=start,
-                    position=state.next_position if state is not None else None,
-                )
+                try:
+                    result = await self.store.runs.enqueue(
+                        record,
+                        owner_id=user.id,
+                        title=req.title,
+                        seq_reserve=SEQ_BLOCK,
+                        start=start,
+                        position=state.next_position if state is not None else None,
+                    )
+                except NotOwner:
+                    raise Forbidden("this session belongs to another user") from None
                 if not result.clash or state is not None:
                     break
                 state = await self.hub.get(req.session_id)
@@ -272,7 +276,7 @@ class RunManager:
             if index is None:
                 return {"ok": True, "cancelled": False}
             record = state.queue[index]
-            await self.store.cancel_queued(record.id)
+            await self.store.runs.cancel_queued(record.id)
             state.queue.pop(index)
             self._publish_queue(state, queue_id)
             log.info("run %s session %s cancelled while queued", record.id, session_id)
@@ -315,7 +319,7 @@ class RunManager:
         async with self.hub.lock(session_id):
             state.deleting = True
             for record in state.queue:
-                await self.store.cancel_queued(record.id)
+                await self.store.runs.cancel_queued(record.id)
             state.queue.clear()
             active = state.active
             if active is not None and not active.aborting:
@@ -329,7 +333,7 @@ class RunManager:
         if active is not None:
             await active.abort_done.wait()
         async with self.hub.lock(session_id):
-            await self.store.delete_session(session_id)
+            await self.store.sessions.delete(session_id)
             self.hub.forget(session_id)
         log.info("session %s deleted", session_id)
 
@@ -453,10 +457,10 @@ class RunManager:
         if active.message_ids is None:
             question, answer = await self._start_messages(record)
             active.input_tokens = question["token_count"]
-            active.message_ids = await self.store.start_run(record.id, question, answer)
+            active.message_ids = await self.store.runs.start(record.id, question, answer)
         user_message_id, assistant_id = active.message_ids
         state.transcript = Transcript(
-            state.id, record.id, self.store.insert_message, assistant_id=assistant_id
+            state.id, record.id, self.store.messages.insert, assistant_id=assistant_id
         )
         instructions = self._instructions(record)
         await self.health.ensure_reachable(record.profile)
@@ -786,7 +790,7 @@ class RunManager:
 
     async def recover(self) -> None:
         """At start-up: in-flight runs become interrupted, and queues continue."""
-        session_ids = await self.store.recover_interrupted(INTERRUPTED_ERROR)
+        session_ids = await self.store.runs.recover_interrupted(INTERRUPTED_ERROR)
         for session_id in session_ids:
             state = await self.hub.get(session_id)
             if state is None:

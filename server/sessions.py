@@ -250,7 +250,7 @@ class SessionHub:
         future: asyncio.Future[SessionState | None] = asyncio.get_running_loop().create_future()
         self._loading[session_id] = future
         try:
-            loaded = await self.store.load_session(session_id, SEQ_BLOCK)
+            loaded = await self.store.sessions.load(session_id, SEQ_BLOCK)
             state = None
             if loaded is not None:
                 record, queued = loaded
@@ -288,7 +288,7 @@ class SessionHub:
             if lock is not None and lock.locked():
                 continue
             seq = state.seq
-            await self.store.reserve_seq(sid, seq)
+            await self.store.sessions.reserve_seq(sid, seq)
             if state.busy or state.seq != seq or self.sessions.get(sid) is not state:
                 self.dirty.add(sid)  # it woke up meanwhile: restore its reservation
                 continue
@@ -438,7 +438,7 @@ class SessionHub:
         seq = state.seq + 1
         if seq > state.seq_reserved:
             ceiling = seq + SEQ_BLOCK
-            await self.store.reserve_seq(state.id, ceiling)
+            await self.store.sessions.reserve_seq(state.id, ceiling)
             state.seq_reserved = ceiling
         state.seq = seq
         state.updated_at = time.time()
@@ -512,7 +512,7 @@ class SessionHub:
 
     async def snapshot_messages(self, state: SessionState) -> list[MessageRecord]:
         """The latest messages, with the in-flight ones as the events so far made them."""
-        records = await self.store.recent_messages(state.id, self.settings.resume_max_messages)
+        records = await self.store.messages.recent(state.id, self.settings.resume_max_messages)
         if state.transcript is not None:
             drafts = state.transcript.by_id()
             records = [drafts[r.id].record() if r.id in drafts else r for r in records]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from db.engine import default_url
 from server.errors import ConfigError
 
 PREFIX = "CHATRUN_"
@@ -215,7 +216,7 @@ class Settings:
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve()}/chatrun.db"
+        return self.database_url or default_url(self.data_dir)
 
     @property
     def flush_interval(self) -> float:

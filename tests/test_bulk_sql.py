@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from db.bulk import execute_rows, existing_keys, multi_row
+from db.sqlite.bulk import execute_rows, existing_keys, multi_row
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, size INTEGER, note TEXT);

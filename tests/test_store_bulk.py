@@ -58,14 +58,14 @@ def start_rows(run: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
 async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
     tmp_path: Path, store: Store
 ) -> None:
-    user = await store.ensure_user("alice")
-    other = await store.ensure_user("bob")
+    user = await store.users.ensure("alice")
+    other = await store.users.ensure("bob")
     existing = new_run("old")
-    await store.enqueue_run(
+    await store.runs.enqueue(
         existing, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(existing)
     )
     foreign = new_run("bobs")
-    await store.enqueue_run(foreign, owner_id=other.id, title="t", seq_reserve=10)
+    await store.runs.enqueue(foreign, owner_id=other.id, title="t", seq_reserve=10)
     before = store.transactions
 
     runs = [new_run(f"s{i}") for i in range(300)]
@@ -73,10 +73,10 @@ async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
     dup = new_run("old")  # same queue_id as the stored run
     results = await asyncio.gather(
         *(
-            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
+            store.runs.enqueue(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
             for r in [*runs[:150], again, dup, *runs[150:]]
         ),
-        store.enqueue_run(new_run("bobs", "q9"), owner_id=user.id, title="t", seq_reserve=10),
+        store.runs.enqueue(new_run("bobs", "q9"), owner_id=user.id, title="t", seq_reserve=10),
         return_exceptions=True,
     )
     *enqueued, foreign_clash = results
@@ -88,11 +88,11 @@ async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
     by_session = {e.run.session_id + e.run.queue_id: e for e in enqueued}  # type: ignore[union-attr]
     assert by_session["oldq"].clash and by_session["oldq2"].clash
     # the caller then enqueues with the loaded session's position
-    known = await store.enqueue_run(
+    known = await store.runs.enqueue(
         again, owner_id=user.id, title="t", seq_reserve=10, position=2, start=start_rows(again)
     )
     assert known.run.position == 2 and known.started is not None and not known.clash
-    duplicate = await store.enqueue_run(
+    duplicate = await store.runs.enqueue(
         dup, owner_id=user.id, title="t", seq_reserve=10, position=3, start=start_rows(dup)
     )
     assert duplicate.duplicate and duplicate.run.id == existing.id
@@ -102,7 +102,7 @@ async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
     for run in runs:
         e = by_session[run.session_id + run.queue_id]
         assert e.started is not None
-        stored = {m.id: m for m in await store.recent_messages(run.session_id, 10)}
+        stored = {m.id: m for m in await store.messages.recent(run.session_id, 10)}
         user_message, answer = stored[e.started[0]], stored[e.started[1]]
         assert user_message.role == "user" and user_message.content == run.input
         assert answer.role == "assistant" and answer.run_id == run.id
@@ -114,13 +114,13 @@ async def test_a_new_session_twice_in_one_burst_is_created_once(
 ) -> None:
     """Two runs that both create one new session in the same group commit: the first creates
     it, the second is a clash (its caller loads the session and enqueues again)."""
-    user = await store.ensure_user("alice")
+    user = await store.users.ensure("alice")
     before = store.transactions
     first, second = new_run("twin", "qa"), new_run("twin", "qb")
     others = [new_run(f"s{i}") for i in range(20)]
     results = await asyncio.gather(
         *(
-            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
+            store.runs.enqueue(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
             for r in [*others[:10], first, second, *others[10:]]
         )
     )
@@ -138,16 +138,16 @@ async def test_a_new_session_twice_in_one_burst_is_created_once(
 async def test_message_ids_never_collide_or_come_back(tmp_path: Path, store: Store) -> None:
     """Ids the store hands out itself and ids SQLite picks (one-off inserts) interleave without
     a clash, and a deleted session's ids are not handed out again."""
-    user = await store.ensure_user("alice")
+    user = await store.users.ensure("alice")
     seen: list[int] = []
     for i in range(6):
         run = new_run(f"s{i}")
-        result = await store.enqueue_run(
+        result = await store.runs.enqueue(
             run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
         )
         assert result.started is not None
         seen.extend(result.started)
-        tool = await store.insert_message(
+        tool = await store.messages.insert(
             {
                 "session_id": run.session_id,
                 "run_id": run.id,
@@ -157,9 +157,9 @@ async def test_message_ids_never_collide_or_come_back(tmp_path: Path, store: Sto
         )
         seen.append(tool)
     assert len(seen) == len(set(seen)) and seen == sorted(seen)
-    await store.delete_session("s5")
+    await store.sessions.delete("s5")
     run = new_run("s6")
-    result = await store.enqueue_run(
+    result = await store.runs.enqueue(
         run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
     )
     assert result.started is not None and min(result.started) > max(seen)
@@ -171,9 +171,9 @@ async def test_messages_written_by_another_process_do_not_break_new_runs(
 ) -> None:
     """The store counts message ids itself; when something else wrote messages (a restore, a
     script), the clash is noticed and the count read again, and the run is stored."""
-    user = await store.ensure_user("alice")
+    user = await store.users.ensure("alice")
     first = new_run("a")
-    await store.enqueue_run(
+    await store.runs.enqueue(
         first, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(first)
     )
     outside = sqlite3.connect(tmp_path / "chatrun.db")
@@ -185,7 +185,7 @@ async def test_messages_written_by_another_process_do_not_break_new_runs(
     outside.commit()
     outside.close()
     run = new_run("b")
-    result = await store.enqueue_run(
+    result = await store.runs.enqueue(
         run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
     )
     assert result.started is not None and not result.clash
@@ -195,16 +195,16 @@ async def test_messages_written_by_another_process_do_not_break_new_runs(
 async def test_a_run_that_fails_in_a_burst_fails_alone_and_leaves_nothing(
     tmp_path: Path, store: Store
 ) -> None:
-    user = await store.ensure_user("alice")
+    user = await store.users.ensure("alice")
     warm = new_run("warm")  # the store knows its message ids from here on
-    await store.enqueue_run(warm, owner_id=user.id, title="t", seq_reserve=10)
+    await store.runs.enqueue(warm, owner_id=user.id, title="t", seq_reserve=10)
     runs = [new_run(f"s{i}") for i in range(20)]
     twin = new_run("twin")
     twin.id = runs[3].id  # the runs table refuses a second run with this id
     burst = [*runs[:10], twin, *runs[10:]]
     results = await asyncio.gather(
         *(
-            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
+            store.runs.enqueue(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
             for r in burst
         ),
         return_exceptions=True,
@@ -224,9 +224,9 @@ async def test_a_run_that_fails_in_a_burst_fails_alone_and_leaves_nothing(
 
 
 async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path, store: Store) -> None:
-    user = await store.ensure_user("alice")
+    user = await store.users.ensure("alice")
     run = new_run("chat")
-    await store.enqueue_run(run, owner_id=user.id, title="t", seq_reserve=10)
+    await store.runs.enqueue(run, owner_id=user.id, title="t", seq_reserve=10)
     rows: list[tuple[str, str, int | None]] = [
         ("user", "first question", 3),
         ("assistant", "first answer", None),  # stored before counts were kept
@@ -237,7 +237,7 @@ async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path, st
         ("user", "the question being asked now", 6),
     ]
     ids = [
-        await store.insert_message(
+        await store.messages.insert(
             {
                 "session_id": "chat",
                 "role": role,
@@ -253,7 +253,7 @@ async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path, st
     def count(text: str) -> int:
         return len(text)
 
-    snapshot, items = await store.context("chat", asking, count)
+    snapshot, items = await store.snapshots.context("chat", asking, count)
     assert snapshot is None
     assert [(i.role, i.content, i.token_count) for i in items] == [
         ("user", "first question", 3),
@@ -262,7 +262,7 @@ async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path, st
         ("assistant", "second answer", 2),
     ]
     # the counts worked out here were saved: the next read finds them stored
-    snapshot, again = await store.context("chat", asking, lambda text: -1)
+    snapshot, again = await store.snapshots.context("chat", asking, lambda text: -1)
     assert again == items
     summary = SnapshotRecord(
         session_id="chat",
@@ -273,26 +273,26 @@ async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path, st
         summary_tokens=4,
         created_at=time.time(),
     )
-    await store.save_snapshot(summary)
-    snapshot, items = await store.context("chat", asking, count)
+    await store.snapshots.save(summary)
+    snapshot, items = await store.snapshots.context("chat", asking, count)
     assert snapshot == summary
     assert [i.content for i in items] == ["second question", "second answer"]
     # the same as the two reads it stands for
-    assert snapshot == await store.latest_snapshot("chat")
-    assert items == await store.history("chat", asking, count, after_id=ids[1])
-    assert await store.context("nobody", asking, count) == (None, [])
+    assert snapshot == await store.snapshots.latest("chat")
+    assert items == await store.messages.history("chat", asking, count, after_id=ids[1])
+    assert await store.snapshots.context("nobody", asking, count) == (None, [])
 
 
 async def test_batches_of_new_runs_in_flight_together_all_land(
     tmp_path: Path, store: Store
 ) -> None:
-    user = await store.ensure_user("alice")
-    await store.enqueue_run(new_run("warm"), owner_id=user.id, title="t", seq_reserve=10)
+    user = await store.users.ensure("alice")
+    await store.runs.enqueue(new_run("warm"), owner_id=user.id, title="t", seq_reserve=10)
     before = store.transactions
     runs = [new_run(f"s{i}") for i in range(1234)]  # three batches, written concurrently
     results = await asyncio.gather(
         *(
-            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
+            store.runs.enqueue(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
             for r in runs
         )
     )
@@ -309,11 +309,11 @@ async def test_batches_of_new_runs_in_flight_together_all_land(
 async def test_a_write_whose_caller_is_cancelled_still_lands_whole(
     tmp_path: Path, store: Store
 ) -> None:
-    user = await store.ensure_user("alice")
+    user = await store.users.ensure("alice")
     runs = [new_run(f"s{i}") for i in range(30)]
     callers = [
         asyncio.ensure_future(
-            store.enqueue_run(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
+            store.runs.enqueue(r, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(r))
         )
         for r in runs
     ]
@@ -325,7 +325,7 @@ async def test_a_write_whose_caller_is_cancelled_still_lands_whole(
     assert all(not isinstance(r, BaseException) and r.started for r in results[1::2])
     # every write landed, the cancelled ones included, and the database takes more
     later = new_run("later")
-    await store.enqueue_run(later, owner_id=user.id, title="t", seq_reserve=10)
+    await store.runs.enqueue(later, owner_id=user.id, title="t", seq_reserve=10)
     assert len(store_runs(tmp_path)) == 31
     with sqlite3.connect(tmp_path / "chatrun.db") as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 60
@@ -333,9 +333,9 @@ async def test_a_write_whose_caller_is_cancelled_still_lands_whole(
 
 
 async def test_flushes_land_whole_or_not_at_all(tmp_path: Path, store: Store) -> None:
-    user = await store.ensure_user("alice")
+    user = await store.users.ensure("alice")
     run = new_run("chat")
-    started = await store.enqueue_run(
+    started = await store.runs.enqueue(
         run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
     )
     assert started.started is not None
@@ -352,20 +352,20 @@ async def test_flushes_land_whole_or_not_at_all(tmp_path: Path, store: Store) ->
             append_content=text,
         )
 
-    await store.write(
+    await store.flush(
         FlushBatch(messages=[chunk(answer, "Hel")], sessions={"chat": (50, now, 1, 2)})
     )
-    await store.write(FlushBatch(messages=[chunk(answer, "lo")]))
+    await store.flush(FlushBatch(messages=[chunk(answer, "lo")]))
     # a write the database refuses (text for a message that does not exist) fails alone
     # and leaves nothing of itself behind, while the writes queued beside it land
     results = await asyncio.gather(
-        store.write(
+        store.flush(
             FlushBatch(
                 messages=[chunk(answer, "half"), chunk(answer + 999, "lost")],
                 sessions={"chat": (99, now, 0, 0)},
             )
         ),
-        store.write(FlushBatch(messages=[chunk(answer, "!")])),
+        store.flush(FlushBatch(messages=[chunk(answer, "!")])),
         return_exceptions=True,
     )
     assert isinstance(results[0], Exception) and results[1] is None
@@ -373,7 +373,7 @@ async def test_flushes_land_whole_or_not_at_all(tmp_path: Path, store: Store) ->
         texts = [r[0] for r in conn.execute("SELECT text FROM message_chunks ORDER BY id")]
         last_seq = conn.execute("SELECT last_seq FROM sessions WHERE id = 'chat'").fetchone()[0]
     assert texts == ["Hel", "lo", "!"] and last_seq == 50
-    await store.write(
+    await store.flush(
         FlushBatch(
             messages=[
                 MessageWrite(

@@ -2,18 +2,20 @@
 
 Chatrun applies migrations itself at start-up, passing an open connection in
 ``config.attributes["connection"]`` (see ``db.engine.migrate``). Run from the command line
-(``alembic upgrade head``), it migrates the database that the ``CHATRUN_*`` settings name.
+(``alembic upgrade head``), it migrates the database that ``CHATRUN_DATABASE_URL`` names, or
+the SQLite file in ``CHATRUN_DATA_DIR`` (default ``data``), as the server would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from db.engine import create_engine
+from db.engine import create_engine, default_url
 from db.models import Base
 
 config = context.config
@@ -31,11 +33,9 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_standalone() -> None:
-    from server.settings import Settings
-
-    url = config.get_main_option("sqlalchemy.url") or ""
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("CHATRUN_DATABASE_URL", "")
     if not url:
-        url = Settings.from_env(os.environ).resolved_database_url
+        url = default_url(Path(os.environ.get("CHATRUN_DATA_DIR", "data")))
     engine = create_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(_run)

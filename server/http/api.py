@@ -151,7 +151,7 @@ class SessionApi:
         limit = _int(request, "limit", 50, 1, MAX_PAGE)
         assert limit is not None
         before = _cursor(request.query.get("before"))
-        rows = await self.chatrun.store.list_sessions(user.id, limit + 1, before)
+        rows = await self.chatrun.store.sessions.page(user.id, limit + 1, before)
         page = rows[:limit]
         sessions = [
             {
@@ -180,7 +180,7 @@ class SessionApi:
         state = await self.chatrun.runs.owned(user, session_id)
         if state is None:
             raise NotFound(f"no session {session_id!r}")
-        records = await self.chatrun.store.recent_messages(session_id, limit + 1, before)
+        records = await self.chatrun.store.messages.recent(session_id, limit + 1, before)
         has_more = len(records) > limit
         records = records[-limit:]
         if state.transcript is not None:
@@ -198,7 +198,7 @@ class SessionApi:
         state = await self.chatrun.runs.owned(user, session_id)
         if state is None:
             raise NotFound(f"no session {session_id!r}")
-        await self.chatrun.store.rename_session(session_id, title)
+        await self.chatrun.store.sessions.rename(session_id, title)
         state.title = title
         return web.json_response({"session": {"id": session_id, "title": title}})
 

@@ -48,7 +48,7 @@ class UpstreamAdmin:
         async with self._lock:
             if record.name in self.upstreams.records:
                 raise Conflict(f"an upstream config named {record.name!r} already exists")
-            if not await self.store.create_upstream_config(record):
+            if not await self.store.upstream_configs.create(record):
                 raise Conflict(f"an upstream config named {record.name!r} already exists")
             await self.upstreams.apply(record)
             self.health.reset(record.name)
@@ -64,7 +64,7 @@ class UpstreamAdmin:
                     f"{name!r} is the active config; activate another one instead of "
                     "deactivating it"
                 )
-            if not await self.store.update_upstream_config(record):
+            if not await self.store.upstream_configs.update(record):
                 raise NotFound(f"no upstream config {name!r}")
             await self.upstreams.apply(record)
             self.health.reset(name)
@@ -78,7 +78,7 @@ class UpstreamAdmin:
                 raise Conflict(
                     f"{name!r} is the active config; activate another one before deleting it"
                 )
-            await self.store.delete_upstream_config(name)
+            await self.store.upstream_configs.delete(name)
             await self.upstreams.remove(name)
             self.health.forget(name)
         log.info("upstream config %r deleted", name)
@@ -93,7 +93,7 @@ class UpstreamAdmin:
             current = self.upstreams.records.get(name)
             if current is not None:
                 current.last_check = check
-                await self.store.save_upstream_check(name, check)
+                await self.store.upstream_configs.save_check(name, check)
         if check["status"] == "failed":
             log.warning("upstream config %r failed its check: %s", name, check["reason"])
         if name in self.upstreams.records:
@@ -116,7 +116,7 @@ class UpstreamAdmin:
             return {"activated": False, "check": check}
         async with self._lock:
             record = replace(self._record(name), active=True)
-            await self.store.update_upstream_config(record)
+            await self.store.upstream_configs.update(record)
             await self.upstreams.apply(record)
         log.info("upstream config %r is now active", name)
         return {"activated": True, "check": check, "config": self.show(name)}

@@ -49,11 +49,11 @@ class Upstreams:
         """Read the stored configs. The default config follows the ``CHATRUN_UPSTREAM_*``
         settings: it is created from them on first start and updated when they change; changes
         made through the admin API last until the settings change again."""
-        records = {r.name: r for r in await self.store.upstream_configs()}
+        records = {r.name: r for r in await self.store.upstream_configs.all()}
         env = default_record(self.settings, DEFAULT_PROFILE)
         stored = records.get(DEFAULT_PROFILE)
         if not records:
-            await self.store.create_upstream_config(env)
+            await self.store.upstream_configs.create(env)
             records[env.name] = env
             log.info(
                 "upstream config %r: %s at %s (from the settings)", env.name, env.kind, env.url
@@ -69,7 +69,7 @@ class Upstreams:
                 updated_at=env.updated_at,
                 last_check=None,
             )
-            await self.store.update_upstream_config(updated)
+            await self.store.upstream_configs.update(updated)
             records[env.name] = updated
             log.info(
                 "upstream config %r: %s at %s (the CHATRUN_UPSTREAM_* settings changed)",

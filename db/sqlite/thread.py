@@ -1,13 +1,11 @@
-"""The SQLite connection that group commits are written on, on a thread of its own.
+"""A SQLite connection on a thread of its own, for the store's shortcuts on SQLite.
 
-A write is handed to the thread without waiting for a turn of the event loop, and its result
+Work is handed to the thread without waiting for a turn of the event loop, and its result
 comes back in one turn. Through aiosqlite and SQLAlchemy's connection context a write took
 about five turns (starting the committing task, the driver's answer, and closing the pooled
-connection, which SQLAlchemy runs as a task of its own and waits for behind a shield), and
-under a burst of new chats every turn of a saturated loop is long.
-
-Only the store's writer uses this connection, one batch after another (the thread runs them
-in the order they were handed over), so it never waits for SQLite's write lock behind itself.
+connection), and under a burst of new chats every turn of a saturated loop is long. The thread
+runs what it is handed in order, so the writer's connection never waits for SQLite's write lock
+behind itself.
 """
 
 from __future__ import annotations
@@ -24,26 +22,30 @@ T = TypeVar("T")
 Done = Callable[[Any, BaseException | None], None]
 
 
-class WriterThread:
-    def __init__(self, path: str) -> None:
+class SQLiteThread:
+    def __init__(self, path: str, name: str, *, read_only: bool = False) -> None:
         self._path = path
+        self._name = name
+        self._read_only = read_only
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="chatrun-sqlite-writer")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"chatrun-sqlite-{self._name}")
         self._db = await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self._path, check_same_thread=False)
         sqlite_pragmas(db, None)
+        if self._read_only:
+            db.execute("PRAGMA query_only=ON")
         return db
 
     def submit(self, fn: Callable[[sqlite3.Connection], T], done: Done) -> None:
         """Run ``fn`` on the connection in the thread; ``done(result, error)`` is then called
         on the event loop."""
         if self._executor is None or self._db is None:
-            raise RuntimeError("the SQLite writer is not open")
+            raise RuntimeError(f"the SQLite {self._name} thread is not open")
         loop = asyncio.get_running_loop()
         db = self._db
 
@@ -57,8 +59,23 @@ class WriterThread:
 
         self._executor.submit(run)
 
+    def call(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """``fn`` run on the connection in the thread, as a future."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        self.submit(fn, done)
+        return future
+
     async def close(self) -> None:
-        """Close the connection once the writes handed over are done."""
+        """Close the connection once the work handed over is done."""
         if self._executor is None:
             return
         executor, db = self._executor, self._db

@@ -1,0 +1,89 @@
+"""An open database: its engine, the group commit every write goes through, and on SQLite the
+threads of its shortcuts (``db.sqlite``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from db.commit import GroupCommit
+from db.engine import create_engine, migrate
+from db.sqlite.ids import MessageIds
+from db.sqlite.onetrip import OneTrip
+from db.sqlite.thread import SQLiteThread
+
+T = TypeVar("T")
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._commit: GroupCommit | None = None
+        self._writer: SQLiteThread | None = None
+        self.reader: SQLiteThread | None = None  # SQLite file: the reads before a run
+        self.message_ids: MessageIds | None = None  # SQLite: ids counted in this process
+
+    async def open(self) -> None:
+        engine = self._engine = create_engine(self.url)
+        await migrate(engine)
+        one_trip = None
+        if engine.dialect.name == "sqlite":
+            ids = self.message_ids = MessageIds()
+            async with self.read() as conn:
+                # known from the start, so even the first burst's commit is one trip
+                await ids.read(conn)
+            database = make_url(self.url).database
+            if database and database != ":memory:":
+                self._writer = SQLiteThread(database, "writer")
+                await self._writer.open()
+                self.reader = SQLiteThread(database, "reader", read_only=True)
+                await self.reader.open()
+                one_trip = OneTrip(engine.dialect, self._writer, ids)
+        self._commit = GroupCommit(engine, one_trip, self.message_ids)
+
+    async def close(self) -> None:
+        if self._commit is not None:
+            await self._commit.close()  # let queued writes land
+        for thread in (self._writer, self.reader):
+            if thread is not None:
+                await thread.close()
+        self._writer = self.reader = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the database is not open")
+        return self._engine
+
+    @property
+    def dialect(self) -> Any:
+        return self.engine.dialect
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed (a metric)."""
+        return self._commit.transactions if self._commit is not None else 0
+
+    async def transact(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``fn`` in a write transaction (group-committed) and return its result."""
+        if self._commit is None:
+            raise RuntimeError("the database is not open")
+        return await self._commit.transact(fn)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(text("SELECT 1"))

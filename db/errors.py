@@ -1,0 +1,16 @@
+"""What the database layer raises for refusals a caller may pass on to a client (the server
+translates them into its own error tree)."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of the store's refusals."""
+
+
+class NotOwner(StoreError):
+    """The session belongs to another user."""
+
+
+class NameTaken(StoreError):
+    """A user with that name exists already."""

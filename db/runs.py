@@ -1,0 +1,201 @@
+"""Runs: the queue (runs with status ``queued``, ordered by position), a run's start and its
+recovery after a stop or crash."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db.database import Database
+from db.errors import NotOwner
+from db.messages import insert_message
+from db.models import Message, Run, Session
+from db.records import Enqueued, RunRecord
+from db.rows import run_record
+from db.statements import CHUNKS, MESSAGES
+from db.writes import RunInsert
+
+ACTIVE_RUN_STATUSES = ("running",)
+Start = tuple[dict[str, Any], dict[str, Any]]  # a run's question and (empty) answer rows
+
+
+class Runs:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def enqueue(
+        self,
+        run: RunRecord,
+        *,
+        owner_id: int,
+        title: str,
+        seq_reserve: int,
+        start: Start | None = None,
+        position: int | None = None,
+    ) -> Enqueued:
+        """Store a new run, creating its session on first use, in one transaction.
+
+        The common cases take no reads: with ``position`` (the caller holds the session and
+        checked its owner) the run is inserted at that position; without it, the session is
+        created. A session that is already stored makes it a ``clash`` with nothing written
+        (the caller loads the session and enqueues again with its position). Only a duplicate
+        ``queue_id`` (or a clash outside SQLite's one-trip writes) takes the careful path.
+
+        With ``start`` (its user and assistant messages) the run is stored as started right
+        away. When the session already has a run with this ``queue_id``, that run is returned
+        as a duplicate and nothing is written. Raises ``NotOwner`` when the session belongs to
+        another user. A new session's stored ``last_seq`` is a reservation of ``seq_reserve``.
+        """
+        run.position = position or 1
+        fast = RunInsert.build(
+            run,
+            owner_id=owner_id,
+            title=title,
+            seq_reserve=seq_reserve,
+            start=start,
+            create_session=position is None,
+        )
+
+        async def careful(conn: AsyncConnection) -> Enqueued:
+            owner = (
+                await conn.execute(select(Session.owner_id).where(Session.id == run.session_id))
+            ).first()
+            if owner is not None and owner.owner_id != owner_id:
+                raise NotOwner("this session belongs to another user")
+            existing = (
+                await conn.execute(
+                    select(Run).where(
+                        Run.session_id == run.session_id, Run.queue_id == run.queue_id
+                    )
+                )
+            ).first()
+            if existing is not None:
+                return Enqueued(run_record(existing._mapping), duplicate=True)
+            if owner is None:
+                run.position = 1
+            else:
+                position_now = (
+                    await conn.execute(
+                        select(func.coalesce(func.max(Run.position), 0)).where(
+                            Run.session_id == run.session_id
+                        )
+                    )
+                ).scalar_one()
+                run.position = int(position_now) + 1
+                await conn.execute(
+                    update(Session)
+                    .where(Session.id == run.session_id)
+                    .values(updated_at=run.created_at)
+                )
+            insert = RunInsert.build(
+                run,
+                owner_id=owner_id,
+                title=title,
+                seq_reserve=seq_reserve,
+                start=start,
+                create_session=owner is None,
+            )
+            return await insert(conn)
+
+        try:
+            return await self.db.transact(fast)  # a stored session comes back as a clash
+        except IntegrityError:
+            return await self.db.transact(careful)
+
+    async def by_queue_id(self, session_id: str, queue_id: str) -> RunRecord | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(Run).where(Run.session_id == session_id, Run.queue_id == queue_id)
+                )
+            ).first()
+        return None if row is None else run_record(row._mapping)
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(Run).where(Run.id == run_id))).first()
+        return None if row is None else run_record(row._mapping)
+
+    async def cancel_queued(self, run_id: str) -> bool:
+        async def tx(conn: AsyncConnection) -> bool:
+            result = await conn.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == "queued")
+                .values(status="cancelled", finished_at=time.time())
+            )
+            return bool(result.rowcount)
+
+        return await self.db.transact(tx)
+
+    async def start(
+        self, run_id: str, user_message: dict[str, Any], assistant_message: dict[str, Any]
+    ) -> tuple[int, int]:
+        """Mark a queued run running and store its user and (empty) assistant messages."""
+        now = time.time()
+
+        async def tx(conn: AsyncConnection) -> tuple[int, int]:
+            await conn.execute(
+                update(Run).where(Run.id == run_id).values(status="running", started_at=now)
+            )
+            ids = (
+                await insert_message(conn, user_message, now),
+                await insert_message(conn, assistant_message, now),
+            )
+            await conn.execute(
+                update(Session)
+                .where(Session.id == user_message["session_id"])
+                .values(updated_at=now)
+            )
+            return ids
+
+        return await self.db.transact(tx)
+
+    async def recover_interrupted(self, error: str) -> list[str]:
+        """After a stop or crash: in-flight runs become ``interrupted`` (their text kept).
+
+        Returns the ids of sessions that still have queued runs.
+        """
+        now = time.time()
+
+        async def tx(conn: AsyncConnection) -> list[str]:
+            await conn.execute(
+                update(Run)
+                .where(Run.status.in_(ACTIVE_RUN_STATUSES))
+                .values(
+                    status="interrupted", finished_at=now, error=error, error_code="interrupted"
+                )
+            )
+            await _fold_chunks(conn)
+            await conn.execute(
+                update(Message)
+                .where(Message.status == "streaming")
+                .values(status="interrupted", updated_at=now)
+            )
+            rows = await conn.execute(
+                select(Run.session_id).where(Run.status == "queued").distinct()
+            )
+            return [r.session_id for r in rows]
+
+        return await self.db.transact(tx)
+
+
+async def _fold_chunks(conn: AsyncConnection) -> None:
+    """Append every stored chunk to its message and drop the chunks."""
+    rows = await conn.execute(
+        select(CHUNKS.c.message_id, CHUNKS.c.field, CHUNKS.c.text).order_by(CHUNKS.c.id)
+    )
+    texts: dict[tuple[int, str], list[str]] = {}
+    for row in rows:
+        texts.setdefault((row.message_id, row.field), []).append(row.text)
+    for (message_id, field), parts in texts.items():
+        column = MESSAGES.c.content if field == "content" else MESSAGES.c.reasoning
+        await conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == message_id)
+            .values({column: column + "".join(parts)})
+        )
+    await conn.execute(delete(CHUNKS))
