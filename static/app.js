@@ -4,17 +4,18 @@
 
 import * as api from "./js/api.js";
 import { ChatSocket } from "./js/socket.js";
-import {
-  state, view, applyResumed, applyEvent, gate, addOutgoing, removeOutgoing, applyRunAck,
-  prependOlder, debugState,
-} from "./js/store.js";
-import { renderChat, renderSessions, renderConnection, showError } from "./js/render.js";
+import * as store from "./js/store.js";
+import { renderChat, renderSessions, renderConnection, renderUpstream, showError } from "./js/render.js";
 import { $, newSessionId, newQueueId } from "./js/util.js";
 
 const TOKEN_KEY = "chatrun_token";
 const IDENTIFIER = /^[A-Za-z0-9._:-]{1,128}$/;
 const RUN_ACK_TIMEOUT_MS = 20000;
 const RUN_MAX_TRIES = 5;
+const UPSTREAM_RECHECK_MS = 15000;
+
+// The store owns all client state; this module reads it and changes it only through store actions.
+const { state } = store;
 
 let socket = null; // ChatSocket while signed in
 
@@ -22,7 +23,7 @@ let socket = null; // ChatSocket while signed in
 const ui = { renaming: null, confirmDelete: null, confirmTimer: 0, sidebarOpen: false, loadingMore: false };
 
 // Read-only, small, for tests and debugging: window.chatrun.state.{sessionId, lastAppliedSeq, …}
-window.chatrun = Object.freeze({ get state() { return debugState(); } });
+window.chatrun = Object.freeze({ get state() { return store.debugState(); } });
 
 // ------------------------------------------------------------------------- rendering --
 
@@ -64,7 +65,7 @@ function flushNow() {
 const currentSession = () => state.sessions.find((s) => s.id === state.current) || null;
 
 function setConnection(value) {
-  state.connection = value;
+  store.setConnection(value);
   renderConnection(value, value === "reconnecting" && !state.everConnected ? "Connecting…" : undefined);
 }
 
@@ -74,10 +75,10 @@ function connectSocket() {
   socket = new ChatSocket(state.token, {
     onState: setConnection,
     onConnect() {
-      state.everConnected = true;
       if (state.current) resume(state.current); // with last_seq when we have a view: a replay
       pumpRuns(); // messages typed while offline, or whose ack was lost: same queue_id, safe
       refreshSessions();
+      checkUpstream(); // it may have gone away (or come back) while we were disconnected
     },
     onAuthFailed() {
       signOut("That token was refused by the server. Check it and sign in again.");
@@ -88,28 +89,18 @@ function connectSocket() {
 
 function onEvent(name, data) {
   if (name === "resumed") {
-    const v = applyResumed(data);
-    if (!v) return;
-    if (!data.replay) {
-      const session = state.sessions.find((s) => s.id === v.id);
-      if (session && session.message_count > v.messages.length) v.hasMore = true;
-    }
-    if (v.id === state.current) invalidate("chat", "sessions");
+    const v = store.applyResumed(data);
+    if (v && v.id === state.current) invalidate("chat", "sessions");
     return;
   }
   if (!data || typeof data !== "object" || typeof data.session_id !== "string") return;
   const v = state.views.get(data.session_id);
   if (!v) return; // a session this tab does not show
   if (typeof data.seq !== "number") {
-    // Un-numbered: the abort answer for a session the server does not know (§2).
-    if (name === "abort.completed") {
-      v.aborting = false;
-      invalidate("chat");
-    }
+    if (store.applyUnnumbered(v, name)) invalidate("chat");
     return;
   }
-  v.maxSeen = Math.max(v.maxSeen, data.seq);
-  switch (gate(v, data.seq)) {
+  switch (store.receive(v, data.seq)) {
     case "wait": // a snapshot is on its way and will include this event
     case "skip": // applied already (replay after live events), or older than the snapshot
       return;
@@ -118,27 +109,21 @@ function onEvent(name, data) {
       return;
     default:
   }
-  const out = applyEvent(v, name, data);
+  const out = store.applyEvent(v, name, data);
   if (out.snapshot) requestSnapshot(v);
   if (out.sessions) scheduleSessionsRefresh();
   if (v.id === state.current) invalidate("chat", ...(out.sessions ? ["sessions"] : []));
+  if (name === "run.failed" && data.code === "upstream_unavailable") checkUpstream();
 }
 
-/** Events are missing before the one that came: ask for them (replay from where we stand). */
+/** Events are missing before the one that came: ask for them (replay, or a snapshot). */
 function onGap(v) {
-  if (v.resumesInFlight > 0) return; // the answer to that resume covers what is missing
-  if (v.id !== state.current) return; // not on screen: it catches up (replay) when opened again
-  if (v.gapAt === v.lastSeq) {
-    requestSnapshot(v); // a replay from here did not close the gap: start over from a snapshot
-  } else {
-    v.gapAt = v.lastSeq;
-    resume(v.id);
-  }
+  if (store.noteGap(v)) resume(v.id);
 }
 
 /** Rebuild a view from a snapshot: events are dropped until `resumed` comes (it covers them). */
 function requestSnapshot(v) {
-  v.lastSeq = null;
+  store.awaitSnapshot(v);
   if (v.id === state.current) resume(v.id);
 }
 
@@ -148,24 +133,17 @@ function requestSnapshot(v) {
  */
 async function resume(sessionId) {
   if (!socket || !socket.connected) return; // `connect` resumes the open session
-  const v = view(sessionId);
-  const payload = { session_id: sessionId };
-  if (v.lastSeq !== null) payload.last_seq = v.lastSeq;
-  v.resumesInFlight += 1;
-  const ack = await socket.emit("resume", payload);
-  v.resumesInFlight = Math.max(0, v.resumesInFlight - 1);
-  if (ack.ok) {
-    // Every event received is now applied or covered; one above lastSeq was dropped for good.
-    if (v.resumesInFlight === 0 && v.lastSeq !== null && v.maxSeen > v.lastSeq) onGap(v);
-    return;
-  }
+  const v = store.view(sessionId);
+  const ack = await socket.emit("resume", store.resumeSent(v));
+  if (store.resumeAnswered(v, ack)) onGap(v); // an event was dropped for good: close the gap
+  if (ack.ok) return;
   if (ack.error.code === "offline") return;
   if (ack.error.code === "timeout" && socket && socket.connected && sessionId === state.current) {
     resume(sessionId);
     return;
   }
   if (sessionId === state.current) {
-    if (v.lastSeq === null) v.loadError = `This chat cannot be opened: ${ack.error.message}`;
+    store.setLoadError(v, `This chat cannot be opened: ${ack.error.message}`);
     showError(`Could not load this chat: ${ack.error.message}`);
     invalidate("chat");
   }
@@ -173,11 +151,10 @@ async function resume(sessionId) {
 
 // ------------------------------------------------------------------------------ runs --
 
-const outbox = []; // [{sessionId, item}]: `run` emits, sent one at a time in the order typed
 let pumping = false;
 
 /**
- * Send the outbox in order. Each `run` waits for its ack before the next goes, so queued
+ * Send the store's outbox in order. Each `run` waits for its ack before the next goes, so queued
  * messages keep the order they were typed in. No answer (timeout, lost connection): the same
  * `run` with the same queue_id is sent again — the server ignores a duplicate queue_id.
  */
@@ -185,20 +162,12 @@ async function pumpRuns() {
   if (pumping) return;
   pumping = true;
   try {
-    while (outbox.length && socket && socket.connected) {
-      const { sessionId, item } = outbox[0];
-      const v = state.views.get(sessionId);
-      if (!v || !v.outgoing.includes(item)) { // cancelled before it was sent, or deleted
-        outbox.shift();
-        continue;
-      }
-      item.emitted = true;
-      item.tries += 1;
+    for (let next = store.nextRun(); next && socket && socket.connected; next = store.nextRun()) {
+      const { sessionId, item, v } = next;
+      store.runEmitted(item);
       const ack = await socket.emit("run", { session_id: sessionId, input: item.text, queue_id: item.queue_id }, RUN_ACK_TIMEOUT_MS);
       if (ack.ok) {
-        outbox.shift();
-        v.fresh = false; // the session exists on the server now
-        applyRunAck(v, item, ack);
+        store.applyRunAck(v, item, ack);
         if (!state.sessions.some((s) => s.id === sessionId)) refreshSessions();
         if (sessionId === state.current) invalidate("chat", "sessions");
         continue;
@@ -206,17 +175,17 @@ async function pumpRuns() {
       const code = ack.error.code;
       if ((code === "offline" || code === "timeout") && item.tries < RUN_MAX_TRIES) {
         if (code === "offline") {
-          item.tries -= 1;
+          store.runOffline(item);
           break; // sent again on `connect`
         }
         continue; // no answer in time: the same run again (idempotent)
       }
       // Refused (nothing was changed by the server), or never answered: give the text back.
-      outbox.shift();
-      removeOutgoing(v, item.queue_id);
+      store.runRefused(v, item);
       restoreDraft(sessionId, item.text);
       showError(`Not sent: ${ack.error.message}`);
       invalidate("chat");
+      if (code === "upstream_unavailable") checkUpstream();
     }
   } finally {
     pumping = false;
@@ -235,9 +204,7 @@ function send() {
   const text = box.value;
   if (!text.trim()) return;
   if (!state.current) newChat();
-  const v = view(state.current);
-  const item = addOutgoing(v, newQueueId(), text);
-  outbox.push({ sessionId: state.current, item });
+  store.enqueueRun(state.current, newQueueId(), text);
   box.value = "";
   autosize();
   showError("");
@@ -250,43 +217,26 @@ function send() {
 
 async function cancelQueued(queueId) {
   const sessionId = state.current;
-  const v = view(sessionId);
-  const item = v.outgoing.find((o) => o.queue_id === queueId);
-  if (item && !item.emitted) { // never left this tab
-    removeOutgoing(v, queueId);
-    invalidate("chat");
-    return;
-  }
-  if (v.cancelling.has(queueId)) return;
-  v.cancelling.add(queueId);
-  invalidate("chat");
+  const v = store.view(sessionId);
+  const step = store.cancelStarted(v, queueId);
+  if (step !== "pending") invalidate("chat");
+  if (step !== "send") return; // removed here (it never left this tab), or already cancelling
   const ack = socket ? await socket.emit("cancel_queued_run", { session_id: sessionId, queue_id: queueId })
     : { ok: false, error: { message: "Not connected." } };
-  v.cancelling.delete(queueId);
-  if (!ack.ok) {
-    showError(`Could not cancel: ${ack.error.message}`);
-  } else if (ack.cancelled) {
-    // run.queued follows with the new queue; drop it now so the click feels immediate
-    removeOutgoing(v, queueId);
-    v.queue = v.queue.filter((q) => q.queue_id !== queueId);
-  }
+  store.cancelAnswered(v, queueId, ack);
+  if (!ack.ok) showError(`Could not cancel: ${ack.error.message}`);
   invalidate("chat");
 }
 
 async function stop() {
   const sessionId = state.current;
   const v = sessionId && state.views.get(sessionId);
-  if (!v || !v.working || v.aborting) return;
-  v.aborting = true; // "stopping…" until run.cancelled / abort.completed
+  if (!store.abortRequested(v)) return; // "stopping…" until run.cancelled / abort.completed
   invalidate("chat");
   const ack = socket ? await socket.emit("abort", { session_id: sessionId })
     : { ok: false, error: { message: "Not connected." } };
-  if (!ack.ok) {
-    v.aborting = false;
-    showError(`Could not stop: ${ack.error.message}`);
-  } else if (ack.aborting === false) {
-    v.aborting = false; // nothing was running any more: its end is on its way
-  }
+  store.abortAnswered(v, ack);
+  if (!ack.ok) showError(`Could not stop: ${ack.error.message}`);
   invalidate("chat");
 }
 
@@ -308,8 +258,7 @@ async function refreshSessions() {
   try {
     const data = await api.listSessions({ limit });
     if (request !== sessionsRequest || !state.token) return;
-    state.sessions = data.sessions;
-    state.nextCursor = data.next_cursor;
+    store.setSessions(data.sessions, data.next_cursor);
     invalidate("sessions", "chat");
   } catch (err) {
     if (err.status === 401) signOut("Your token is no longer accepted. Sign in again.");
@@ -323,9 +272,7 @@ async function loadMoreSessions() {
   $("more-sessions").disabled = true;
   try {
     const data = await api.listSessions({ limit: 50, before: state.nextCursor });
-    const known = new Set(state.sessions.map((s) => s.id));
-    state.sessions = [...state.sessions, ...data.sessions.filter((s) => !known.has(s.id))];
-    state.nextCursor = data.next_cursor;
+    store.appendSessions(data.sessions, data.next_cursor);
     sessionsRequest += 1; // a refresh started before this page must not drop it
     invalidate("sessions");
   } catch (err) {
@@ -342,12 +289,10 @@ function openSession(sessionId) {
   if (state.current === sessionId) return;
   const previous = state.current;
   if (previous && socket && socket.connected) socket.emit("leave", { session_id: previous });
-  state.current = sessionId;
+  const v = store.openView(sessionId);
   if (location.hash.slice(1) !== encodeURIComponent(sessionId)) {
     history.pushState(null, "", `#${encodeURIComponent(sessionId)}`);
   }
-  const v = view(sessionId);
-  v.loadError = null;
   showError("");
   if (!v.fresh) resume(sessionId); // snapshot the first time, replay of what it missed after
   invalidate("chat", "sessions");
@@ -358,14 +303,12 @@ function openSession(sessionId) {
 /** A new session id; the session is created on the server by its first `run`. */
 function newChat() {
   const id = newSessionId();
-  const v = view(id);
-  v.lastSeq = 0; // nothing exists yet: every event of it is new (seq starts at 1)
-  v.fresh = true;
+  store.freshView(id); // nothing exists yet: every event of it is new
   openSession(id);
 }
 
 function leaveToEmpty() {
-  state.current = null;
+  store.closeView();
   history.replaceState(null, "", `${location.pathname}${location.search}`);
   invalidate("chat", "sessions");
 }
@@ -384,7 +327,7 @@ const sidebarHandlers = {
         // a list requested before the rename answered must not bring the old title back
         sessionsRequest += 1;
         const saved = (data && data.session && data.session.title) || title;
-        for (const s of state.sessions) if (s.id === id) s.title = saved;
+        store.setSessionTitle(id, saved);
       } catch (err) {
         showError(`Could not rename: ${err.message}`);
       }
@@ -408,10 +351,9 @@ const sidebarHandlers = {
       invalidate("sessions");
       return;
     }
-    state.sessions = state.sessions.filter((s) => s.id !== id);
-    state.views.delete(id);
+    const wasOpen = store.forgetSession(id);
     if (socket && socket.connected) socket.emit("leave", { session_id: id });
-    if (state.current === id) leaveToEmpty();
+    if (wasOpen) leaveToEmpty();
     invalidate("sessions");
     scheduleSessionsRefresh(0);
   },
@@ -427,7 +369,7 @@ async function loadEarlier() {
     const data = await api.listMessages(v.id, { limit: 100, before: first.id });
     const t = $("transcript");
     const fromBottom = t.scrollHeight - t.scrollTop;
-    prependOlder(v, data.messages || [], data.has_more);
+    store.prependOlder(v, data.messages || [], data.has_more);
     flushNow();
     t.scrollTop = t.scrollHeight - fromBottom; // keep the reader where they were
   } catch (err) {
@@ -460,8 +402,8 @@ async function signIn(token, { saved = false } = {}) {
     $("sign-in").disabled = false;
   }
   localStorage.setItem(TOKEN_KEY, token);
-  state.token = token;
-  state.user = me.user;
+  store.signedIn(token, me.user);
+  showUpstream(me.upstream);
   $("user-name").textContent = me.user && me.user.name ? me.user.name : "";
   $("token").value = "";
   $("signin").hidden = true;
@@ -487,12 +429,39 @@ function signOut(message) {
   if (socket) socket.close();
   socket = null;
   api.setToken("");
-  Object.assign(state, { token: "", user: null, sessions: [], nextCursor: null, current: null, everConnected: false });
-  state.views.clear();
-  outbox.length = 0;
+  clearTimeout(upstreamTimer);
+  store.resetState();
+  renderUpstream(null);
   setConnection("disconnected");
   showError("");
   showSignIn(message);
+}
+
+// -------------------------------------------------------------------------- upstream --
+
+let upstreamTimer = 0;
+
+/** Show (or hide) the notice for the upstream state GET /api/me reported. */
+function showUpstream(upstream) {
+  clearTimeout(upstreamTimer);
+  store.setUpstream(upstream);
+  const notice = store.upstreamNotice();
+  renderUpstream(notice);
+  // While it cannot be reached, look again now and then: the notice goes once it is back.
+  if (notice) upstreamTimer = setTimeout(checkUpstream, UPSTREAM_RECHECK_MS);
+}
+
+/** Ask the server again how the upstream is (reconnect, a run that could not reach it, …). */
+async function checkUpstream() {
+  if (!state.token) return;
+  const token = state.token;
+  try {
+    const me = await api.me();
+    if (state.token === token) showUpstream(me.upstream);
+  } catch (err) {
+    if (err.status === 401 && state.token === token) signOut("Your token is no longer accepted. Sign in again.");
+    // Server unreachable: the connection state says so; the notice stays as it was.
+  }
 }
 
 function hashSession() {
@@ -573,6 +542,7 @@ function bind() {
     const v = state.current && state.views.get(state.current);
     if (v && !v.fresh && v.resumesInFlight === 0) resume(state.current);
     scheduleSessionsRefresh(0);
+    if (state.upstream && state.upstream.state === "unreachable") checkUpstream();
   });
   window.addEventListener("online", () => { if (socket) socket.reconnect(); });
   window.addEventListener("offline", () => { if (socket) setConnection("disconnected"); });

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import TOKEN, ChatrunServer
+from tests.helpers import TOKEN, ChatrunServer, free_port, make_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -329,3 +329,74 @@ async def test_rename_and_delete_from_the_sidebar(
     await expect(page.get_by_test_id("session-item")).to_have_count(0)
     assert server.query("SELECT id FROM sessions") == []
     assert watch.errors == []
+
+
+async def upstream_state(server: ChatrunServer) -> str | None:
+    """The upstream state GET /api/me reports (what the page is told)."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(server.url + "/api/me", headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        body = await resp.json()
+    return body["upstream"]["state"] if body.get("upstream") else None
+
+
+async def wait_upstream(server: ChatrunServer, state: str, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await upstream_state(server) != state:
+        assert asyncio.get_running_loop().time() < deadline, f"upstream never {state}"
+        await asyncio.sleep(0.1)
+
+
+async def test_unreachable_upstream_is_announced_before_the_first_message(
+    tmp_path: Path, browser: Browser
+) -> None:
+    port = free_port()  # nothing listens here (yet)
+    server = ChatrunServer(
+        make_settings(
+            tmp_path / "data", f"http://127.0.0.1:{port}", upstream_probe_max_backoff_s=1.0
+        )
+    )
+    hermes = FakeHermes()
+    await server.start()
+    try:
+        await wait_upstream(server, "unreachable")
+        page, watch = await signed_in_page(browser, server)
+        notice = page.get_by_test_id("upstream-notice")
+        await expect(notice).to_be_visible()
+        await expect(page.get_by_test_id("upstream-text")).to_contain_text(
+            f"“default” (hermes at http://127.0.0.1:{port}) cannot be reached"
+        )
+        await expect(page.get_by_test_id("upstream-detail")).not_to_be_empty()
+        await expect(page.get_by_test_id("upstream-hint")).to_contain_text("CHATRUN_UPSTREAM_URL")
+        # announced: it sits in a polite live region, above the message box
+        region = page.locator('[role="status"]', has=notice)
+        await expect(region).to_have_count(1)
+        notice_box = await notice.bounding_box()
+        composer_box = await page.get_by_test_id("composer").bounding_box()
+        assert notice_box and composer_box and notice_box["y"] < composer_box["y"]
+        await expect(page.get_by_test_id("message")).to_have_count(0)
+        await shot(page, "upstream-unreachable")
+        assert watch.errors == []
+
+        # The upstream comes up; on reconnect the page asks again and the notice goes.
+        await hermes.start(port)
+        await wait_upstream(server, "ready")
+        await server.stop()
+        await expect(page.get_by_test_id("connection-state")).not_to_have_attribute(
+            "data-state", "connected"
+        )
+        await server.start()
+        await expect(page.get_by_test_id("connection-state")).to_have_attribute(
+            "data-state", "connected", timeout=15000
+        )
+        await expect(notice).to_be_hidden()
+        await send(page, "hello")
+        await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
+    finally:
+        await server.stop()
+        await hermes.close()

@@ -50,7 +50,10 @@ async function request(method, path, body) {
 
 const sessionPath = (id) => `/api/sessions/${encodeURIComponent(id)}`;
 
-/** → {user: {name}}; 401 (ApiError status 401) for a wrong token. */
+/**
+ * → {user: {name}, upstream: {name, kind, url, state, detail, hint?} | null}; state is ready,
+ * degraded or unreachable (then hint says what to set). 401 (ApiError) for a wrong token.
+ */
 export const me = () => request("GET", "/api/me");
 
 /** → {sessions: [...], next_cursor}; newest first. */

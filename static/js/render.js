@@ -331,6 +331,22 @@ export function renderConnection(value, label) {
   node.title = CONNECTION_LABEL[value] || value;
 }
 
+/**
+ * The notice above the composer that runs cannot reach the upstream: `notice` = {text, detail,
+ * hint} (store.upstreamNotice), or null to hide it. Its parent is a polite live region, so the text
+ * is announced when it appears.
+ */
+export function renderUpstream(notice) {
+  const box = $("upstream-notice");
+  $("upstream-text").textContent = notice ? notice.text : "";
+  for (const part of ["detail", "hint"]) {
+    const node = $(`upstream-${part}`);
+    node.textContent = notice && notice[part] ? notice[part] : "";
+    node.hidden = !node.textContent;
+  }
+  box.hidden = !notice;
+}
+
 /** The error banner above the composer (ack errors and other failures, in place). */
 export function showError(message) {
   const banner = $("error-banner");

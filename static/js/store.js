@@ -10,13 +10,111 @@
 export const state = {
   token: "",
   user: null, // {name}
+  upstream: null, // {name, kind, url, state, detail, hint} from GET /api/me, or null
   connection: "disconnected", // connected | reconnecting | disconnected
   sessions: [], // from GET /api/sessions, newest first
   nextCursor: null,
   current: null, // the open session id
   views: new Map(), // session id -> view
+  outbox: [], // [{sessionId, item}]: `run` emits still to be acknowledged, in the order typed
   everConnected: false, // "Connecting…" until the first connect, "Reconnecting…" after
 };
+
+/** Back to the signed-out state (sign-out; tests start from here too). */
+export function resetState() {
+  Object.assign(state, {
+    token: "", user: null, upstream: null, connection: "disconnected", sessions: [],
+    nextCursor: null, current: null, outbox: [], everConnected: false,
+  });
+  state.views.clear();
+}
+
+// ------------------------------------------------------------------ account, connection --
+
+export function signedIn(token, user) {
+  state.token = token;
+  state.user = user && typeof user === "object" ? user : null;
+}
+
+/** The socket's state; the first "connected" ends the "Connecting…" phase for good. */
+export function setConnection(value) {
+  state.connection = value;
+  if (value === "connected") state.everConnected = true;
+}
+
+const UPSTREAM_STATES = new Set(["ready", "degraded", "unreachable"]);
+const str = (x) => (typeof x === "string" ? x : "");
+
+/** `upstream` from GET /api/me; anything unexpected counts as "nothing known". */
+export function setUpstream(upstream) {
+  if (!upstream || typeof upstream !== "object" || !UPSTREAM_STATES.has(upstream.state)) {
+    state.upstream = null;
+    return null;
+  }
+  state.upstream = {
+    name: str(upstream.name), kind: str(upstream.kind), url: str(upstream.url),
+    state: upstream.state, detail: str(upstream.detail), hint: str(upstream.hint),
+  };
+  return state.upstream;
+}
+
+/** What the page says when runs cannot reach the upstream: {text, detail, hint}, or null. */
+export function upstreamNotice() {
+  const u = state.upstream;
+  if (!u || u.state !== "unreachable") return null;
+  const where = [u.kind, u.url && `at ${u.url}`].filter(Boolean).join(" ");
+  const label = [u.name && `“${u.name}”`, where && `(${where})`].filter(Boolean).join(" ");
+  const text = `The upstream${label ? ` ${label}` : ""} cannot be reached.`;
+  return { text, detail: u.detail, hint: u.hint };
+}
+
+// ----------------------------------------------------------------------- session list --
+
+export function setSessions(sessions, nextCursor) {
+  state.sessions = Array.isArray(sessions) ? sessions : [];
+  state.nextCursor = nextCursor || null;
+}
+
+/** The next page of the list: appended, a session already listed is not listed twice. */
+export function appendSessions(sessions, nextCursor) {
+  const known = new Set(state.sessions.map((s) => s.id));
+  const fresh = (Array.isArray(sessions) ? sessions : []).filter((s) => !known.has(s.id));
+  state.sessions = [...state.sessions, ...fresh];
+  state.nextCursor = nextCursor || null;
+}
+
+export function setSessionTitle(id, title) {
+  for (const s of state.sessions) if (s.id === id) s.title = title;
+}
+
+/** A deleted session: gone from the list and its view dropped. True when it was open. */
+export function forgetSession(id) {
+  state.sessions = state.sessions.filter((s) => s.id !== id);
+  state.views.delete(id);
+  state.outbox = state.outbox.filter((e) => e.sessionId !== id);
+  return state.current === id;
+}
+
+/** Open a session: it becomes current; a load error shown earlier is forgotten. */
+export function openView(id) {
+  state.current = id;
+  const v = view(id);
+  v.loadError = null;
+  return v;
+}
+
+/** Nothing open. */
+export function closeView() {
+  state.current = null;
+}
+
+/** A new chat made in this tab: nothing of it exists on the server, so every event is new. */
+export function freshView(id) {
+  const v = view(id);
+  v.lastSeq = 0; // seq starts at 1
+  v.fresh = true;
+  return v;
+}
 
 /**
  * The client's picture of one session.
@@ -166,12 +264,95 @@ export function removeOutgoing(v, queueId) {
   v.outgoing = v.outgoing.filter((o) => o.queue_id !== queueId);
 }
 
+/** The user sent a message: it shows at once and waits in the outbox for its `run` emit. */
+export function enqueueRun(sessionId, queueId, text) {
+  const item = addOutgoing(view(sessionId), queueId, text);
+  state.outbox.push({ sessionId, item });
+  return item;
+}
+
+/**
+ * The next `run` to emit, {sessionId, item, v}, or null. Entries whose message is gone
+ * (cancelled before it was sent, or its chat deleted) are dropped on the way.
+ */
+export function nextRun() {
+  while (state.outbox.length) {
+    const { sessionId, item } = state.outbox[0];
+    const v = state.views.get(sessionId);
+    if (v && v.outgoing.includes(item)) return { sessionId, item, v };
+    state.outbox.shift();
+  }
+  return null;
+}
+
+/** A `run` emit is on its way (from now on cancelling it needs the server). */
+export function runEmitted(item) {
+  item.emitted = true;
+  item.tries += 1;
+}
+
+/** The emit found no connection: that attempt does not count; `connect` sends it again. */
+export function runOffline(item) {
+  item.tries -= 1;
+}
+
+/** The server refused the run (it changed nothing) or never answered: the message is dropped. */
+export function runRefused(v, item) {
+  dropFromOutbox(item);
+  removeOutgoing(v, item.queue_id);
+}
+
+function dropFromOutbox(item) {
+  state.outbox = state.outbox.filter((e) => e.item !== item);
+}
+
+/**
+ * Cancel a queued message. Returns "local" (it never left this tab: removed now), "pending" (a
+ * cancel for it is on its way already) or "send" (the caller emits cancel_queued_run).
+ */
+export function cancelStarted(v, queueId) {
+  const item = v.outgoing.find((o) => o.queue_id === queueId);
+  if (item && !item.emitted) {
+    removeOutgoing(v, queueId);
+    dropFromOutbox(item);
+    return "local";
+  }
+  if (v.cancelling.has(queueId)) return "pending";
+  v.cancelling.add(queueId);
+  return "send";
+}
+
+/** The cancel_queued_run ack. run.queued follows with the new queue; dropping it now makes
+ * the click feel immediate. */
+export function cancelAnswered(v, queueId, ack) {
+  v.cancelling.delete(queueId);
+  if (!ack || !ack.ok || !ack.cancelled) return;
+  removeOutgoing(v, queueId);
+  v.queue = v.queue.filter((q) => q.queue_id !== queueId);
+}
+
+// ------------------------------------------------------------------------------- abort --
+
+/** Stop pressed: "stopping…" until the run ends. False when there is nothing to stop. */
+export function abortRequested(v) {
+  if (!v || !v.working || v.aborting) return false;
+  v.aborting = true;
+  return true;
+}
+
+/** The abort ack: refused, or nothing was running any more (its end is on its way). */
+export function abortAnswered(v, ack) {
+  if (!ack || !ack.ok || ack.aborting === false) v.aborting = false;
+}
+
 /**
  * The `run` ack. queued:false means the run is the session's active one (or already over):
  * the question moves into the transcript with an answer placeholder right away, so nothing
  * flickers while the upstream accepts the run. Events that come later find it by run_id.
  */
 export function applyRunAck(v, item, ack) {
+  dropFromOutbox(item);
+  v.fresh = false; // the session exists on the server now
   item.run_id = ack.run_id || item.run_id;
   if (ack.queued) {
     if (v.outgoing.includes(item) && item.phase === "sending") item.phase = "queued";
@@ -258,7 +439,9 @@ export function applyResumed(data) {
     return v;
   }
   v.messages = serverMessages(Array.isArray(data.messages) ? data.messages : []);
-  v.hasMore = v.messages.length >= 500; // the snapshot holds the latest 500 at most
+  // The snapshot holds the latest 500 at most; the list may know there are more.
+  const session = state.sessions.find((s) => s.id === v.id);
+  v.hasMore = v.messages.length >= 500 || Boolean(session && session.message_count > v.messages.length);
   v.lastSeq = data.seq;
   v.gapAt = null;
   v.loadError = null;
@@ -281,6 +464,61 @@ export function applyResumed(data) {
 const isCount = (n) => typeof n === "number" && Number.isFinite(n);
 
 // ------------------------------------------------------------------------------- events --
+
+/** A `resume` is sent: its payload, with last_seq when there is a view to replay onto. */
+export function resumeSent(v) {
+  v.resumesInFlight += 1;
+  const payload = { session_id: v.id };
+  if (v.lastSeq !== null) payload.last_seq = v.lastSeq;
+  return payload;
+}
+
+/**
+ * Its ack came (the ack follows the replayed events). True when, all resumes answered, an
+ * event above lastSeq was seen and dropped for good: a gap to close.
+ */
+export function resumeAnswered(v, ack) {
+  v.resumesInFlight = Math.max(0, v.resumesInFlight - 1);
+  return Boolean(ack && ack.ok) && v.resumesInFlight === 0 && v.lastSeq !== null && v.maxSeen > v.lastSeq;
+}
+
+/** The first resume failed: say why instead of "Loading…" (a view already shown stays). */
+export function setLoadError(v, message) {
+  if (v.lastSeq === null) v.loadError = message;
+}
+
+/** Rebuild the view from a snapshot: events are dropped until `resumed` comes (it covers them). */
+export function awaitSnapshot(v) {
+  v.lastSeq = null;
+}
+
+/**
+ * Events are missing before one that came. Returns "replay" (resume from where the view
+ * stands), "snapshot" (a replay from here did not close the gap: start over) or null (a
+ * resume on its way covers it, or the view is not on screen: it catches up when opened).
+ */
+export function noteGap(v) {
+  if (v.resumesInFlight > 0 || v.id !== state.current) return null;
+  if (v.gapAt === v.lastSeq) {
+    awaitSnapshot(v);
+    return "snapshot";
+  }
+  v.gapAt = v.lastSeq;
+  return "replay";
+}
+
+/** An event with a seq came: remember the highest seen, and gate it. */
+export function receive(v, seq) {
+  v.maxSeen = Math.max(v.maxSeen, seq);
+  return gate(v, seq);
+}
+
+/** An event without seq: only the abort answer for a session the server does not know (§2). */
+export function applyUnnumbered(v, name) {
+  if (name !== "abort.completed") return false;
+  v.aborting = false;
+  return true;
+}
 
 /**
  * Where an event stands against the view: "apply", "skip" (seen, or before the snapshot),
@@ -516,5 +754,6 @@ export function debugState() {
     queueLength: v ? queueItems(v).length : 0,
     messageCount: v ? v.messages.length : 0,
     user: state.user ? state.user.name : null,
+    upstream: state.upstream ? state.upstream.state : null,
   });
 }
