@@ -31,13 +31,15 @@ from sqlalchemy import insert
 from db.models import Message, Session, User
 from db.records import SnapshotRecord
 from db.store import Store
-from server.compression import Compressor
-from server.eventlog import MemoryEventLog
+from server.context.compression import Compressor
+from server.context.tokens import TokenCounter
 from server.metrics import Metrics
-from server.sessions import Emitter, SessionHub, SessionState
+from server.sessions.eventlog import MemoryEventLog
+from server.sessions.hub import SessionHub
+from server.sessions.state import SessionState
 from server.settings import Settings
 from server.tasks import TaskSet
-from server.tokens import TokenCounter
+from server.transport.emitter import Emitter
 from server.upstream.base import UpstreamConfig
 from server.upstream.hermes import HermesUpstream
 
@@ -116,7 +118,7 @@ async def measure(messages: int, rounds: int) -> dict[str, Any]:
             hub = SessionHub(
                 settings,
                 store,
-                Emitter(socketio.AsyncServer(async_mode="aiohttp")),
+                Emitter(socketio.AsyncServer(async_mode="aiohttp"), direct=False),
                 MemoryEventLog(settings.retained_events),
                 TaskSet(),
                 Metrics(),

@@ -26,10 +26,8 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    port = settings.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
+    addresses = runner.addresses
+    port = addresses[0][1] if addresses else settings.port
     log.info("Chatrun ready on http://%s:%d (namespace /chat-run)", settings.host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

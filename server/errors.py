@@ -115,3 +115,48 @@ class UpstreamCode:
     DISCONNECTED = "upstream_disconnected"  # the event stream ended before a terminal event
     TIMEOUT = "upstream_timeout"  # no upstream progress for the idle timeout
     INTERRUPTED = "interrupted"  # the server stopped while the run was in flight
+    CONTEXT_EXCEEDED = "context_exceeded"  # the request is longer than the model's window
+
+
+class UpstreamUnreachable(UpstreamError):
+    """The upstream could not be reached. The message is composed here, once, from its parts;
+    ``cause`` is the short reason ("connection refused") that upstream health keeps."""
+
+    def __init__(
+        self, name: str, kind: str, url: str, cause: str, *, retryable: bool = False
+    ) -> None:
+        self.upstream = name
+        self.cause = cause.strip().rstrip(".") or "no answer"
+        where = f" ({kind} at {url})" if kind and url else ""
+        stop = "" if self.cause.endswith(("?", "!")) else "."
+        super().__init__(
+            f"The upstream {name!r}{where} is unreachable: {self.cause}{stop} {_check_hint(kind)}",
+            UpstreamCode.UNAVAILABLE,
+            retryable=retryable,
+        )
+
+
+def _check_hint(kind: str) -> str:
+    if kind == "lmstudio":
+        return (
+            "Check that LM Studio is running with its server enabled and that the upstream URL "
+            "is right; runs work again as soon as it answers."
+        )
+    return (
+        "Check that the server is running and that its URL is right; runs work again as soon "
+        "as it answers."
+    )
+
+
+class ContextExceeded(UpstreamError):
+    """The upstream refused a request longer than its model's context window; ``limit`` is the
+    window when the upstream stated it."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        window = f" ({limit:,} tokens)" if limit else ""
+        super().__init__(
+            f"The conversation is longer than the model's context window{window}. Send the "
+            "message again: the history will be shortened to fit.",
+            UpstreamCode.CONTEXT_EXCEEDED,
+        )
+        self.limit = limit

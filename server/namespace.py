@@ -13,16 +13,17 @@ import socketio
 from db.records import UserRecord
 from server.auth import Authenticator
 from server.errors import BadRequest, ChatrunError, RateLimited
-from server.events import (
+from server.limits import UserLimits
+from server.payloads import (
     CancelQueuedPayload,
     Limits,
     ResumePayload,
     RunPayload,
     SessionPayload,
 )
-from server.limits import UserLimits
-from server.runs import RunManager
-from server.sessions import NAMESPACE, SessionHub
+from server.protocol import NAMESPACE, Request
+from server.runs.manager import RunManager
+from server.sessions.service import SessionService
 
 log = logging.getLogger("chatrun.socket")
 
@@ -43,24 +44,24 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self,
         auth: Authenticator,
         runs: RunManager,
-        hub: SessionHub,
+        sessions: SessionService,
         limits: Limits,
         user_limits: UserLimits,
     ) -> None:
         super().__init__(NAMESPACE)
         self.auth = auth
         self.runs = runs
-        self.hub = hub
+        self.sessions = sessions
         self.limits = limits
         self.user_limits = user_limits
         self.connections: dict[str, Connection] = {}
         self._handlers: dict[str, Handler] = {
-            "run": self._run,
-            "cancel_queued_run": self._cancel_queued_run,
-            "resume": self._resume,
-            "abort": self._abort,
-            "leave": self._leave,
-            "compact": self._compact,
+            Request.RUN: self._run,
+            Request.CANCEL_QUEUED_RUN: self._cancel_queued_run,
+            Request.RESUME: self._resume,
+            Request.ABORT: self._abort,
+            Request.LEAVE: self._leave,
+            Request.COMPACT: self._compact,
         }
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
@@ -116,22 +117,18 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _resume(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
         request = ResumePayload.from_payload(payload)
-        state = await self.runs.owned(conn.user, request.session_id)
-        if state is None:
-            seq = await self.hub.resume_unknown(sid, request.session_id)
-        else:
-            seq = await self.hub.resume(state, sid, request.last_seq)
+        seq = await self.sessions.resume(conn.user, request.session_id, sid, request.last_seq)
         return {"ok": True, "seq": seq}
 
     async def _abort(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
-        request = SessionPayload.from_payload(payload, "abort")
+        request = SessionPayload.from_payload(payload, Request.ABORT)
         return await self.runs.abort(conn.user, request.session_id, sid)
 
     async def _leave(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
-        request = SessionPayload.from_payload(payload, "leave")
-        await self.hub.emitter.leave(sid, request.session_id)
+        request = SessionPayload.from_payload(payload, Request.LEAVE)
+        await self.sessions.leave(sid, request.session_id)
         return {"ok": True}
 
     async def _compact(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
-        request = SessionPayload.from_payload(payload, "compact")
+        request = SessionPayload.from_payload(payload, Request.COMPACT)
         return await self.runs.compact(conn.user, conn.profile, request.session_id)

@@ -69,6 +69,11 @@ class Settings:
         0, "Extra wait for more deltas before emitting one (0: only adaptive coalescing)."
     )
     uvloop: bool = _setting(True, "Run on uvloop when it is installed.")
+    socket_shortcuts: bool = _setting(
+        True,
+        "Write socket packets directly where python-engineio's internals allow it "
+        "(checked at start; 0: the libraries' own path).",
+    )
     shutdown_grace_s: float = _setting(
         10.0, "On SIGTERM, how long runs in flight may finish before they are interrupted."
     )

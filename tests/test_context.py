@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from server.compression import PREAMBLE
+from server.context.compression import PREAMBLE
+from server.context.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.errors import ConfigError
 from server.settings import env_name
-from server.tokens import MESSAGE_OVERHEAD, TokenCounter
 from tests.fakes.hermes import FakeHermes, FakeRun
 from tests.helpers import BOB_TOKEN, ChatrunServer, Tab, make_settings, until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from server.sessions import _encode
+from server.transport.emitter import encode as _encode
 from server.upstream.base import TextDelta
 from server.upstream.hermes import parse_event
 

@@ -20,7 +20,7 @@ from engineio.async_socket import AsyncSocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.socket_writer import DIRECT_MAX_BYTES, quicken
+from server.transport.socket_writer import DIRECT_MAX_BYTES, quicken
 from tests.conftest import TabFactory
 from tests.fakes.hermes import FakeHermes
 from tests.helpers import ChatrunServer

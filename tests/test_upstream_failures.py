@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from server.errors import UpstreamError
+from server.upstream.base import UpstreamRequest
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab, make_settings
+from tests.helpers import ChatrunServer, Tab, free_port, make_settings
 
 TERMINALS = ("run.completed", "run.failed", "run.cancelled")
 
@@ -358,3 +360,37 @@ async def test_a_hung_or_absent_upstream_fails_within_the_connect_timeout(
         await asyncio.gather(*handlers)
         hung.close()
         await hung.wait_closed()
+
+
+async def test_an_unreachable_upstream_is_explained_once_however_often_runs_fail(
+    server: ChatrunServer,
+) -> None:
+    port = free_port()
+    await server.restart(upstream_url=f"http://127.0.0.1:{port}")
+
+    def explained_once(message: str) -> None:
+        assert message.count("'default'") == 1, message
+        assert message.count(f"127.0.0.1:{port}") == 1, message
+        assert message.count("unreachable") == 1, message
+        assert message.count("Check") == 1, message
+        assert ".." not in message and ". ." not in message, message
+
+    tab = Tab(server.url)
+    await tab.connect()
+    try:
+        # the first failure, then fail-fast ones built from what upstream health kept of it
+        for i in range(3):
+            failed = await fail_case(tab, f"down-{i}")
+            assert failed["code"] == "upstream_unavailable", failed
+            explained_once(str(failed["error"]))
+    finally:
+        await tab.close()
+    detail = server.app.upstream_health.get("default").detail
+    assert detail and "Check" not in detail and "default" not in detail, detail
+    # the adapter's own refusal reads the same
+    request = UpstreamRequest(session_id="s", input="hi", history=[], instructions=None, model=None)
+    with pytest.raises(UpstreamError) as caught:
+        await server.app.upstreams.get("default").start(request)
+    assert caught.value.code == "upstream_unavailable"
+    explained_once(caught.value.message)
+    assert "connection refused" in caught.value.message

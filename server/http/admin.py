@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from server.auth import bearer_token, read_or_create_token
 from server.errors import BadRequest, Unauthorized
 from server.http.api import json_body
-
-if TYPE_CHECKING:
-    from server.app import Chatrun
+from server.settings import Settings
+from server.upstream.admin import UpstreamAdmin
+from server.upstream.registry import Upstreams
 
 log = logging.getLogger("chatrun.admin")
 
@@ -22,8 +21,10 @@ NAME = "/api/admin/upstreams/{name}"
 
 
 class AdminApi:
-    def __init__(self, chatrun: Chatrun) -> None:
-        self.chatrun = chatrun
+    def __init__(self, settings: Settings, upstreams: Upstreams, admin: UpstreamAdmin) -> None:
+        self.settings = settings
+        self.upstreams = upstreams
+        self._admin = admin
         self._token = ""
 
     def register(self, app: web.Application) -> None:
@@ -37,7 +38,7 @@ class AdminApi:
 
     def prepare(self) -> None:
         """The admin token: the setting, or one generated into the data dir."""
-        settings = self.chatrun.settings
+        settings = self.settings
         if settings.admin_token:
             self._token = settings.admin_token
             return
@@ -50,14 +51,10 @@ class AdminApi:
         if not self._token or not hmac.compare_digest(token.encode(), self._token.encode()):
             raise Unauthorized("the admin API needs `Authorization: Bearer <admin token>`")
 
-    @property
-    def _admin(self) -> Any:
-        return self.chatrun.upstream_admin
-
     async def list(self, request: web.Request) -> web.Response:
         self._check(request)
         return web.json_response(
-            {"upstreams": self._admin.list(), "active": self.chatrun.upstreams.active_name}
+            {"upstreams": self._admin.list(), "active": self.upstreams.active_name}
         )
 
     async def get(self, request: web.Request) -> web.Response:

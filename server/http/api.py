@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from db.records import UserRecord
-from server.auth import bearer_token
-from server.errors import BadRequest, ChatrunError, NotFound, Unauthorized
-from server.events import IDENTIFIER, text
-
-if TYPE_CHECKING:
-    from server.app import Chatrun
+from server.auth import Authenticator, bearer_token
+from server.errors import BadRequest, ChatrunError, Unauthorized
+from server.payloads import IDENTIFIER, text
+from server.sessions.service import SessionService
+from server.upstream.health import UpstreamHealth
+from server.upstream.registry import Upstreams
 
 MAX_PAGE = 200
 MAX_TITLE = 200
@@ -101,8 +101,17 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 
 class SessionApi:
-    def __init__(self, chatrun: Chatrun) -> None:
-        self.chatrun = chatrun
+    def __init__(
+        self,
+        auth: Authenticator,
+        sessions: SessionService,
+        upstreams: Upstreams,
+        health: UpstreamHealth,
+    ) -> None:
+        self.auth = auth
+        self.sessions = sessions
+        self.upstreams = upstreams
+        self.health = health
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/api/me", self.me)
@@ -113,7 +122,7 @@ class SessionApi:
 
     async def user(self, request: web.Request) -> UserRecord:
         token = bearer_token(request.headers.get("Authorization"))
-        user = await self.chatrun.auth.authenticate(token)
+        user = await self.auth.authenticate(token)
         if user is None:
             raise Unauthorized("missing or wrong token (send `Authorization: Bearer <token>`)")
         return user
@@ -125,12 +134,9 @@ class SessionApi:
         return web.json_response({"user": {"name": user.name}, "upstream": self._upstream()})
 
     def _upstream(self) -> dict[str, Any] | None:
-        chatrun = self.chatrun
-        name = chatrun.upstreams.active_name
-        if name is None:
-            return None
-        state = chatrun.upstream_health.states().get(name)
-        if state is None:
+        name = self.upstreams.active_name
+        state = self.health.states().get(name) if name is not None else None
+        if name is None or state is None:
             return None
         body = {k: state[k] for k in ("kind", "url", "state", "detail")}
         body["name"] = name
@@ -138,37 +144,13 @@ class SessionApi:
             body["hint"] = UNREACHABLE_HINT
         return body
 
-    def _status(self, session_id: str) -> str:
-        state = self.chatrun.hub.sessions.get(session_id)
-        if state is None:
-            return "idle"
-        if state.active is not None:
-            return "running"
-        return "queued" if state.queue else "idle"
-
     async def list_sessions(self, request: web.Request) -> web.Response:
         user = await self.user(request)
         limit = _int(request, "limit", 50, 1, MAX_PAGE)
         assert limit is not None
         before = _cursor(request.query.get("before"))
-        rows = await self.chatrun.store.sessions.page(user.id, limit + 1, before)
-        page = rows[:limit]
-        sessions = [
-            {
-                "id": s.id,
-                "title": s.title,
-                "preview": preview,
-                "created_at": s.created_at,
-                "updated_at": s.updated_at,
-                "status": self._status(s.id),
-                "message_count": count,
-            }
-            for s, preview, count in page
-        ]
-        next_cursor = None
-        if len(rows) > limit:
-            last = page[-1][0]
-            next_cursor = f"{last.updated_at!r}|{last.id}"
+        sessions, after = await self.sessions.page(user, limit, before)
+        next_cursor = f"{after[0]!r}|{after[1]}" if after is not None else None
         return web.json_response({"sessions": sessions, "next_cursor": next_cursor})
 
     async def messages(self, request: web.Request) -> web.Response:
@@ -177,33 +159,19 @@ class SessionApi:
         limit = _int(request, "limit", 100, 1, MAX_PAGE)
         before = _int(request, "before", None, 1, 2**62)
         assert limit is not None
-        state = await self.chatrun.runs.owned(user, session_id)
-        if state is None:
-            raise NotFound(f"no session {session_id!r}")
-        records = await self.chatrun.store.messages.recent(session_id, limit + 1, before)
-        has_more = len(records) > limit
-        records = records[-limit:]
-        if state.transcript is not None:
-            drafts = state.transcript.by_id()
-            records = [drafts[r.id].record() if r.id in drafts else r for r in records]
-        return web.json_response(
-            {"messages": [r.to_payload() for r in records], "has_more": has_more}
-        )
+        messages, has_more = await self.sessions.messages(user, session_id, limit, before)
+        return web.json_response({"messages": messages, "has_more": has_more})
 
     async def rename(self, request: web.Request) -> web.Response:
         user = await self.user(request)
         session_id = _session_id(request)
         body = await json_body(request)
         title = text(body.get("title"), "title", max_chars=MAX_TITLE, allow_empty=False).strip()
-        state = await self.chatrun.runs.owned(user, session_id)
-        if state is None:
-            raise NotFound(f"no session {session_id!r}")
-        await self.chatrun.store.sessions.rename(session_id, title)
-        state.title = title
+        await self.sessions.rename(user, session_id, title)
         return web.json_response({"session": {"id": session_id, "title": title}})
 
     async def delete(self, request: web.Request) -> web.Response:
         user = await self.user(request)
         session_id = _session_id(request)
-        await self.chatrun.runs.delete_session(user, session_id)
+        await self.sessions.delete(user, session_id)
         return web.json_response({"ok": True})

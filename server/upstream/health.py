@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server.errors import UpstreamCode, UpstreamError
+from server.errors import UpstreamCode, UpstreamError, UpstreamUnreachable
 from server.metrics import Metrics
 from server.settings import Settings
 from server.upstream.registry import Upstreams
@@ -34,7 +34,7 @@ TICK = 0.5
 @dataclass(slots=True)
 class Health:
     state: str = READY
-    detail: str = ""
+    detail: str = ""  # unreachable: what failed, in a few words ("connection refused")
     checked_at: float | None = None
     failures: int = 0
     next_probe: float = 0.0  # monotonic
@@ -69,7 +69,9 @@ class UpstreamHealth:
         """A prepare-and-smoke check ended: its result is the state until the next probe."""
         health = self.get(name)
         stage = next((s for s in check["stages"] if s["status"] == "failed"), None)
-        if stage is not None and stage["stage"] in ("resolve", "reach"):
+        if stage is not None and stage["stage"] == "reach":
+            self._mark_unreachable(name, health, "no answer to the upstream check")
+        elif stage is not None and stage["stage"] == "resolve":
             self._mark_unreachable(name, health, stage["detail"])
         else:
             self.succeeded(name)  # ready, or degraded per the stored check
@@ -88,8 +90,8 @@ class UpstreamHealth:
     def failed(self, name: str, exc: UpstreamError) -> None:
         if exc.code != UpstreamCode.UNAVAILABLE:
             return
-        health = self.get(name)
-        self._mark_unreachable(name, health, exc.message)
+        cause = exc.cause if isinstance(exc, UpstreamUnreachable) else exc.message
+        self._mark_unreachable(name, self.get(name), cause)
 
     async def ensure_reachable(self, name: str) -> None:
         """Fail fast when the upstream is known to be unreachable (after one fresh probe)."""
@@ -100,13 +102,8 @@ class UpstreamHealth:
             await self.probe(name)
         if health.state == UNREACHABLE:
             record = self.upstreams.records.get(name)
-            where = f"{record.kind} at {record.url}" if record is not None else "unknown"
-            raise UpstreamError(
-                f"The upstream {name!r} ({where}) is unreachable: {health.detail} "
-                "Check that the server is running and that its URL is right; runs work again "
-                "as soon as it answers.",
-                UpstreamCode.UNAVAILABLE,
-            )
+            kind, url = (record.kind, record.url) if record is not None else ("", "")
+            raise UpstreamUnreachable(name, kind, url, health.detail)
 
     # -- probing ------------------------------------------------------------------------------
 
@@ -122,11 +119,12 @@ class UpstreamHealth:
             async with asyncio.timeout(PROBE_TIMEOUT):
                 state = await adapter.health()
         except TimeoutError:
-            state = UNREACHABLE
-        if state == UNREACHABLE:
             self._mark_unreachable(
-                name, health, f"no answer from {adapter.config.url} (probe {PROBE_TIMEOUT:g} s)."
+                name, health, f"no answer to the health check within {PROBE_TIMEOUT:g} s"
             )
+            return health
+        if state == UNREACHABLE:
+            self._mark_unreachable(name, health, "no answer to the health check")
         else:
             self.succeeded(name, degraded=state == DEGRADED)
         return health

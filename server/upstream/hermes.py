@@ -13,8 +13,8 @@ from typing import Any, TypeGuard
 import orjson
 from httpx_sse import SSEError
 
-from server.errors import UpstreamCode, UpstreamError
-from server.events import input_text
+from server.errors import UpstreamCode, UpstreamError, UpstreamUnreachable
+from server.payloads import input_text
 from server.upstream.base import (
     Cancelled,
     Completed,
@@ -30,7 +30,9 @@ from server.upstream.http_common import (
     HTTP_ERRORS,
     EventStream,
     HttpAdapter,
+    context_exceeded,
     http_error,
+    reported_usage,
     transport_error,
 )
 
@@ -108,7 +110,7 @@ class HermesUpstream(HttpAdapter):
         try:
             response = await self.fetch("POST", url, body)
         except HTTP_ERRORS as exc:
-            raise transport_error(exc, self._base) from None
+            raise transport_error(exc, self.config) from None
         if response.status not in (200, 201, 202):
             raise http_error(response.status, response.text, "runs API (/v1/runs)")
         try:
@@ -132,15 +134,16 @@ class HermesUpstream(HttpAdapter):
     async def ensure_model(self, on_progress: Callable[[float], None] | None = None) -> str:
         # The agent picks its own model; being reachable is all that can be checked.
         if await self.health() != "ready":
-            raise UpstreamError(
-                f"Cannot reach the upstream at {self._base}. Check that it is running and that "
-                "the upstream URL is right.",
-                UpstreamCode.UNAVAILABLE,
+            config = self.config
+            raise UpstreamUnreachable(
+                config.name, config.kind, self._base, "no answer to the health check"
             )
         return self.config.model
 
     async def context_length(self) -> int | None:
-        return None  # the runs API manages the agent's context itself
+        # The runs API states no window (not in /v1/models, /v1/capabilities or
+        # /health/detailed); a refusal in ``run.failed`` still teaches it.
+        return None
 
 
 class HermesRun:
@@ -159,7 +162,7 @@ class HermesRun:
             if source.status != 200:
                 raise http_error(source.status, await source.text(), "event stream")
         except HTTP_ERRORS as exc:
-            raise transport_error(exc, up._base) from None
+            raise transport_error(exc, up.config) from None
         self._source = source
 
     async def events(self) -> AsyncIterator[UpstreamEvent]:
@@ -182,7 +185,7 @@ class HermesRun:
                 f"The upstream event stream is not SSE: {exc}", UpstreamCode.PROTOCOL
             ) from None
         except HTTP_ERRORS as exc:
-            raise transport_error(exc, up._base) from None
+            raise transport_error(exc, up.config) from None
         raise UpstreamError(
             "The upstream event stream ended before the run finished",
             UpstreamCode.DISCONNECTED,
@@ -248,10 +251,10 @@ def parse_event(data: str) -> UpstreamEvent | None:
                 finish_reason=_opt_str(frame.get("finish_reason")),
             )
         if name == "run.failed":
-            error = frame.get("error")
-            raise UpstreamError(
-                str(error) if error else "The upstream reported a failed run",
-                UpstreamCode.ERROR,
+            error = str(frame.get("error") or "")
+            # the agent passes its provider's refusal on as text
+            raise context_exceeded(error) or UpstreamError(
+                error or "The upstream reported a failed run", UpstreamCode.ERROR
             )
         if name == "run.cancelled":
             return Cancelled()
@@ -285,11 +288,5 @@ def _opt_str(value: Any) -> str | None:
 def _usage(value: Any) -> dict[str, int] | None:
     if not isinstance(value, dict):
         return None
-    usage = {}
-    for key in ("input_tokens", "output_tokens", "total_tokens"):
-        item = value.get(key)
-        if _number(item):
-            usage[key] = int(item)
-    if usage and "total_tokens" not in usage:
-        usage["total_tokens"] = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
-    return usage or None
+    figures = [value.get(key) for key in ("input_tokens", "output_tokens", "total_tokens")]
+    return reported_usage(*(int(item) if _number(item) else None for item in figures))

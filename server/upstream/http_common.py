@@ -1,10 +1,12 @@
 """What the HTTP adapters share: their timeouts and headers, and how HTTP failures of an
-upstream become ``UpstreamError``s."""
+upstream become ``UpstreamError``s; and what every adapter reads the same way: a refusal for
+exceeding the context window, and reported token usage."""
 
 from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,14 +21,67 @@ from httpx_sse import ServerSentEvent, SSEError
 # request itself.
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
-from server.errors import UpstreamCode, UpstreamError
+from server.errors import ContextExceeded, UpstreamCode, UpstreamError, UpstreamUnreachable
 from server.upstream.base import UpstreamConfig
 
 MAX_ERROR_BODY = 300
 
+# How servers say that a request is longer than the model's context window: llama.cpp's server
+# (its error type; older versions only the message), OpenAI and vLLM, LM Studio (its own REST
+# server and its SDK, three wordings across versions). The same texts reach us inside a Hermes
+# ``run.failed``, where the agent passes its provider's error on.
+CONTEXT_REFUSALS = re.compile(
+    r"exceed_context_size_error|exceeds the available context size|context_length_exceeded"
+    r"|maximum context length is|longer than the maximum model length"
+    r"|tokens to keep from the initial prompt is greater than the context length"
+    r"|when context the overflows|cannot truncate prompt with n_keep",
+    re.IGNORECASE,
+)
+# Where those texts state the window, first match wins: llama.cpp's ``n_ctx`` field (also in
+# LM Studio's ``n_keep: N >= n_ctx: M``), then the wordings of each server.
+CONTEXT_LIMITS = (
+    re.compile(r"\bn_ctx\W{1,4}(\d+)"),
+    re.compile(r"available context size \((\d+) tokens\)"),
+    re.compile(r"maximum context length is (\d+) tokens"),
+    re.compile(r"maximum model length of (\d+)"),
+    re.compile(r"context length of only (\d+) tokens"),
+)
+
+
+def context_exceeded(text: str) -> ContextExceeded | None:
+    """The refusal in an upstream's error text (an answer's body, a stream's error, a failed
+    run's message) when it says the request exceeded the context window."""
+    if not CONTEXT_REFUSALS.search(text):
+        return None
+    for pattern in CONTEXT_LIMITS:
+        match = pattern.search(text)
+        if match is not None:
+            return ContextExceeded(int(match.group(1)))
+    return ContextExceeded()
+
+
+def reported_usage(
+    input_tokens: int | None, output_tokens: int | None, total_tokens: int | None = None
+) -> dict[str, int] | None:
+    """``Completed.usage`` from the figures an upstream reported, or None when it reported none.
+    Servers send zeros when their model gave no counts, so all zeros count as none (and the
+    chat server counts the tokens itself)."""
+    if not (input_tokens or output_tokens or total_tokens):
+        return None
+    usage = {}
+    if input_tokens is not None:
+        usage["input_tokens"] = input_tokens
+    if output_tokens is not None:
+        usage["output_tokens"] = output_tokens
+    usage["total_tokens"] = total_tokens or (input_tokens or 0) + (output_tokens or 0)
+    return usage
+
 
 def http_error(status: int, body: str, what: str) -> UpstreamError:
     """Translate an HTTP error answer of the upstream into an ``UpstreamError``."""
+    exceeded = context_exceeded(body)
+    if exceeded is not None:
+        return exceeded
     detail = _error_detail(body)
     suffix = f": {detail}" if detail else ""
     if status in (401, 403):
@@ -66,15 +121,13 @@ def _error_detail(body: str) -> str:
 HTTP_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError)
 
 
-def transport_error(exc: BaseException, url: str) -> UpstreamError:
+def transport_error(exc: BaseException, config: UpstreamConfig) -> UpstreamError:
     """Translate a transport failure (one of ``HTTP_ERRORS``); only failures before anything
     was sent are retryable."""
+    url = config.url.rstrip("/")
     if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
-        return UpstreamError(
-            f"Cannot reach the upstream at {url} ({type(exc).__name__}). "
-            "Check that it is running and that the upstream URL is right.",
-            UpstreamCode.UNAVAILABLE,
-            retryable=True,
+        return UpstreamUnreachable(
+            config.name, config.kind, url, connect_failure(exc), retryable=True
         )
     if isinstance(exc, TimeoutError):
         return UpstreamError(f"The upstream at {url} did not answer in time", UpstreamCode.TIMEOUT)
@@ -82,6 +135,19 @@ def transport_error(exc: BaseException, url: str) -> UpstreamError:
         f"The connection to the upstream broke ({type(exc).__name__})",
         UpstreamCode.DISCONNECTED,
     )
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection could not be made, in a few words."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "its host name does not resolve"
+    if isinstance(exc, (aiohttp.ConnectionTimeoutError, TimeoutError)):
+        return "no connection within the connect timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused"
+        return exc.strerror or type(exc.os_error).__name__
+    return type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,14 +26,15 @@ from lmstudio import (
     LlmPredictionFragment,
     LlmPredictionStats,
     LMStudioChannelClosedError,
+    LMStudioClientError,
     LMStudioError,
     LMStudioModelNotFoundError,
     LMStudioServerError,
     LMStudioWebsocketError,
 )
 
-from server.errors import ConfigError, UpstreamCode, UpstreamError
-from server.events import input_text
+from server.errors import ConfigError, UpstreamCode, UpstreamError, UpstreamUnreachable
+from server.payloads import input_text
 from server.upstream.base import (
     Cancelled,
     Completed,
@@ -43,6 +44,7 @@ from server.upstream.base import (
     UpstreamEvent,
     UpstreamRequest,
 )
+from server.upstream.http_common import context_exceeded, reported_usage
 from server.upstream.profiles import ModelProfile, StreamCleaner, profile_for
 
 log = logging.getLogger("chatrun.upstream.lmstudio")
@@ -115,6 +117,9 @@ def translate(exc: Exception, url: str) -> UpstreamError:
             retryable=True,
         )
     if isinstance(exc, LMStudioServerError):
+        exceeded = context_exceeded(detail)
+        if exceeded is not None:
+            return exceeded
         if detail.startswith("Authentication failed"):
             return UpstreamError(f"LM Studio refused the client: {detail}", UpstreamCode.AUTH)
         transient = any(marker in detail.lower() for marker in TRANSIENT_MARKERS)
@@ -132,13 +137,11 @@ def translate(exc: Exception, url: str) -> UpstreamError:
     )
 
 
-def unreachable(url: str, exc: BaseException | None = None) -> UpstreamError:
-    cause = f" ({_detail(exc)})" if exc is not None else ""
-    return UpstreamError(
-        f"Cannot reach LM Studio at {url}{cause}. Check that LM Studio is running with its "
-        "server enabled and that the upstream URL is right.",
-        UpstreamCode.UNAVAILABLE,
-    )
+def unreachable(config: UpstreamConfig, exc: BaseException) -> UpstreamError:
+    # the SDK's own words name the address and ask whether LM Studio runs: ours say both
+    refused = isinstance(exc, LMStudioClientError) and "not reachable" in str(exc)
+    cause = "nothing answers at that address" if refused else _detail(exc)
+    return UpstreamUnreachable(config.name, config.kind, config.url, cause)
 
 
 def build_chat(request: UpstreamRequest, profile: ModelProfile) -> Chat:
@@ -197,11 +200,7 @@ def prediction_stats(stats: LlmPredictionStats) -> dict[str, Any]:
 
 
 def prediction_usage(stats: LlmPredictionStats) -> dict[str, int] | None:
-    if stats.prompt_tokens_count is None and stats.predicted_tokens_count is None:
-        return None
-    prompt = stats.prompt_tokens_count or 0
-    predicted = stats.predicted_tokens_count or 0
-    return {"input_tokens": prompt, "output_tokens": predicted, "total_tokens": prompt + predicted}
+    return reported_usage(stats.prompt_tokens_count, stats.predicted_tokens_count)
 
 
 class _Connection:
@@ -251,11 +250,11 @@ class LMStudioUpstream:
         except Exception as exc:
             await self._close_client(client)
             if isinstance(exc, TimeoutError):
-                raise unreachable(self.config.url, TimeoutError("no answer in time")) from None
+                raise unreachable(self.config, TimeoutError("no answer in time")) from None
             error = translate(exc, self.config.url)
             if error.code == UpstreamCode.AUTH:
                 raise error from None
-            raise unreachable(self.config.url, exc) from None
+            raise unreachable(self.config, exc) from None
         return client
 
     @staticmethod

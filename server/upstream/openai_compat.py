@@ -3,6 +3,9 @@ OpenRouter): ``POST {base}/chat/completions`` streamed over SSE.
 
 Abort closes the stream (there is no stop endpoint); the server stops generating when its
 client goes away. Output goes through the model profile's stream clean-up.
+
+The context window comes from where each server states it: the ``/models`` entry (vLLM,
+OpenRouter), llama.cpp's ``/props``, Ollama's ``/api/show``, LM Studio's ``/api/v0/models``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from server.upstream.http_common import (
     HTTP_ERRORS,
     EventStream,
     HttpAdapter,
+    context_exceeded,
     http_error,
+    reported_usage,
     transport_error,
 )
 from server.upstream.profiles import ModelProfile, StreamCleaner, build_messages, profile_for
@@ -50,8 +55,16 @@ WIRE_NAMES = {
     "min_p": ("min_p",),
     "repeat_penalty": ("repeat_penalty", "repetition_penalty"),
 }
-CONTEXT_FIELDS = ("max_model_len", "context_length", "max_context_length", "n_ctx", "n_ctx_train")
+# ``/models`` entry fields: the window the server runs with (vLLM, OpenRouter), checked before
+# asking the server's own endpoints; then, as a last resort, a whole context shared by several
+# slots or the model's largest window.
+SERVING_FIELDS = ("max_model_len", "context_length")
+FALLBACK_FIELDS = ("n_ctx", "max_context_length", "n_ctx_train")
 MODELS_TTL = 60.0
+# Ollama picks the window of a model without ``num_ctx`` when it loads it (the
+# OLLAMA_CONTEXT_LENGTH setting, else 4k/32k/256k by VRAM), which /api/show cannot tell.
+OLLAMA_SMALLEST_DEFAULT = 4096
+NO_ANSWER: tuple[type[BaseException], ...] = (*HTTP_ERRORS, ValueError)  # ValueError: not JSON
 
 
 class OpenAIUpstream(HttpAdapter):
@@ -75,6 +88,8 @@ class OpenAIUpstream(HttpAdapter):
         )
         self._models: tuple[float, list[dict[str, Any]]] | None = None
         self._context: dict[str, int | None] = {}
+        # where servers keep their own endpoints: the base URL without its ``/v1``
+        self._root = self._base.removesuffix("/v1")
 
     def profile(self, model: str | None = None) -> ModelProfile:
         return profile_for(self.config, model or self.config.model)
@@ -116,7 +131,7 @@ class OpenAIUpstream(HttpAdapter):
         try:
             response = await self.fetch("GET", f"{self._base}/models")
         except HTTP_ERRORS as exc:
-            raise transport_error(exc, self._base) from None
+            raise transport_error(exc, self.config) from None
         if response.status != 200:
             raise http_error(response.status, response.text, "models list (/models)")
         try:
@@ -161,23 +176,81 @@ class OpenAIUpstream(HttpAdapter):
             return self._context[model]
         models = await self._list_models()
         entry = next((m for m in models if m["id"] == model), models[0] if models else None)
-        length = _context_of(entry) if entry is not None else None
+        name = model or (entry["id"] if entry is not None else "")
+        length = (
+            _entry_field(entry, SERVING_FIELDS)
+            or _llama_cpp_window(await self._ask("GET", "/props"))
+            or _ollama_window(await self._ask("POST", "/api/show", {"model": name}))
+            or _lmstudio_window(await self._ask("GET", "/api/v0/models"), name)
+            or _entry_field(entry, FALLBACK_FIELDS)
+        )
         self._context[model] = length
         return length
 
+    async def _ask(self, method: str, path: str, body: Any = None) -> Any:
+        """The JSON answer of one of a server's own endpoints, or None when this server has no
+        such endpoint (an error status, no connection, not JSON)."""
+        try:
+            response = await self.fetch(method, f"{self._root}{path}", body)
+            return response.json() if response.status == 200 else None
+        except NO_ANSWER:
+            return None
 
-def _context_of(entry: dict[str, Any]) -> int | None:
-    """The context window a ``/models`` entry reports (vLLM, LM Studio, OpenRouter,
-    llama.cpp put it in different places)."""
-    places = [entry, entry.get("meta"), entry.get("top_provider")]
-    for place in places:
-        if not isinstance(place, dict):
-            continue
-        for field in CONTEXT_FIELDS:
-            value = place.get(field)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
+
+def _positive(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return value if ok else None
+
+
+def _entry_field(entry: dict[str, Any] | None, fields: tuple[str, ...]) -> int | None:
+    """A window a ``/models`` entry states in one of ``fields`` (at its top, under ``meta``
+    as llama.cpp does, or ``top_provider`` as OpenRouter does)."""
+    if entry is None:
+        return None
+    for place in (entry, entry.get("meta"), entry.get("top_provider")):
+        if isinstance(place, dict):
+            for field in fields:
+                if value := _positive(place.get(field)):
+                    return value
     return None
+
+
+def _llama_cpp_window(props: Any) -> int | None:
+    """llama.cpp's ``GET /props``: the window of one request (a slot's), else the whole."""
+    if not isinstance(props, dict):
+        return None
+    settings = props.get("default_generation_settings")
+    slot = settings.get("n_ctx") if isinstance(settings, dict) else None
+    return _positive(slot) or _positive(props.get("n_ctx"))
+
+
+def _ollama_window(show: Any) -> int | None:
+    """Ollama's ``POST /api/show``: the model's ``num_ctx`` parameter when it has one, else
+    Ollama's smallest default, no larger than the model's own ``<arch>.context_length``.
+    Guessing low is the safe side: Ollama cuts a prompt that is too long without a word."""
+    if not isinstance(show, dict) or not isinstance(info := show.get("model_info"), dict):
+        return None
+    parameters = show.get("parameters")
+    for line in parameters.splitlines() if isinstance(parameters, str) else ():
+        name, _, value = line.strip().partition(" ")
+        if name == "num_ctx" and value.strip().isdigit() and int(value) > 0:
+            return int(value)
+    trained = _positive(info.get(f"{info.get('general.architecture')}.context_length"))
+    return min(trained, OLLAMA_SMALLEST_DEFAULT) if trained else None
+
+
+def _lmstudio_window(listing: Any, model: str) -> int | None:
+    """LM Studio's ``GET /api/v0/models``: the window a loaded model runs with, else the
+    model's largest (a model can be listed twice, loaded and not)."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    entries = [
+        e
+        for e in (data if isinstance(data, list) else [])
+        if isinstance(e, dict) and (e.get("id") == model or not model)
+    ]
+    loaded = [e.get("loaded_context_length") for e in entries if e.get("state") == "loaded"]
+    largest = [e.get("max_context_length") for e in entries]
+    return next(filter(None, map(_positive, [*loaded, *largest])), None)
 
 
 class OpenAIRun:
@@ -202,7 +275,7 @@ class OpenAIRun:
             )
         except HTTP_ERRORS as exc:
             await self._stack.aclose()
-            raise transport_error(exc, up._base) from None
+            raise transport_error(exc, up.config) from None
         if self._source.status != 200:
             status, text = self._source.status, await self._source.text()
             await self._stack.aclose()
@@ -252,7 +325,7 @@ class OpenAIRun:
                         UpstreamCode.PROTOCOL,
                     ) from None
                 if isinstance(exc, HTTP_ERRORS):
-                    raise transport_error(exc, up._base) from None
+                    raise transport_error(exc, up.config) from None
                 raise
         if self._stopped:
             yield Cancelled()
@@ -301,7 +374,9 @@ def _chunk(data: str) -> dict[str, Any]:
     error = chunk.get("error")
     if error:
         message = error.get("message") if isinstance(error, dict) else str(error)
-        raise UpstreamError(f"The upstream reported an error: {message}", UpstreamCode.ERROR)
+        raise context_exceeded(data) or UpstreamError(
+            f"The upstream reported an error: {message}", UpstreamCode.ERROR
+        )
     return chunk
 
 
@@ -312,8 +387,4 @@ def _usage(value: Any) -> dict[str, int] | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     total = value.get("total_tokens")
-    return {
-        "input_tokens": prompt,
-        "output_tokens": completion,
-        "total_tokens": total if isinstance(total, int) else prompt + completion,
-    }
+    return reported_usage(prompt, completion, total if isinstance(total, int) else None)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from server.events import input_text
+from server.payloads import input_text
 from server.upstream.base import (
     ReasoningDelta,
     Sampling,

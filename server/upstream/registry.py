@@ -34,16 +34,21 @@ KINDS = ("hermes", "openai", "lmstudio")
 class Upstreams:
     """One adapter per stored config, rebuilt when its config changes."""
 
-    def __init__(self, settings: Settings, http: aiohttp.ClientSession, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self._http = http
+        self._http: aiohttp.ClientSession | None = None  # the app's, once open
         self.records: dict[str, UpstreamConfigRecord] = {}
         self._adapters: dict[str, Upstream] = {}
         self._errors: dict[str, str] = {}  # configs whose adapter could not be built
         self._leases: dict[int, int] = {}  # id(adapter) -> runs using it
         self._retired: dict[int, Upstream] = {}
         self._closing: list[Upstream] = []
+
+    async def open(self, http: aiohttp.ClientSession) -> None:
+        """Build the adapters of the stored configs; HTTP adapters share ``http``."""
+        self._http = http
+        await self.load()
 
     async def load(self) -> None:
         """Read the stored configs. The default config follows the ``CHATRUN_UPSTREAM_*``
@@ -134,6 +139,8 @@ class Upstreams:
 
     def build(self, config: UpstreamConfig) -> Upstream:
         s = self.settings
+        if self._http is None:
+            raise RuntimeError("the upstreams are not open")
         if config.kind == "hermes":
             return HermesUpstream(
                 config,

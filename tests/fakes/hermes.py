@@ -9,7 +9,10 @@ instructions (``FakeRun.purpose``: ``summary`` or ``extract``) and driven by
 frames ``data: {json}\\n\\n``, ``: keepalive`` comments and ``: stream closed`` after the
 terminal event; a single consumer (a second subscription is 404); ``POST …/stop`` cancels the
 agent task, which then emits ``run.cancelled``. Each run is driven by a script (an async
-function of a ``FakeRun``) that starts at POST time, like the real agent.
+function of a ``FakeRun``) that starts at POST time, like the real agent. ``GET /v1/models``
+and ``GET /v1/capabilities`` answer as the real API server does (neither states a context
+window). A run fails with its provider's refusal as the agent passes it on:
+``run.fail(provider_failure(status, body))``.
 """
 
 from __future__ import annotations
@@ -24,13 +27,19 @@ from typing import Any
 
 from aiohttp import web
 
-from server.chunking import EXTRACT_INSTRUCTIONS
-from server.compression import SUMMARY_INSTRUCTIONS
+from server.context.chunking import EXTRACT_INSTRUCTIONS
+from server.context.compression import SUMMARY_INSTRUCTIONS
 
 Script = Callable[["FakeRun"], Awaitable[None]]
 DEFAULT_TEXT = "Hello from the fake Hermes agent."
 _END = object()  # closes the stream after ": stream closed"
 _DROP = object()  # closes the connection without a terminal frame
+
+
+def provider_failure(status: int, body: dict[str, Any]) -> str:
+    """A provider's error answer as the agent's ``run.failed`` carries it: the text of the
+    OpenAI client's exception (``Error code: 400 - {…}``, the body as a Python dict)."""
+    return f"Error code: {status} - {body}"
 
 
 def _error(message: str, code: str | None = None) -> dict[str, Any]:
@@ -159,6 +168,8 @@ class FakeHermes:
         app.router.add_post("/v1/runs/{run_id}/stop", self._stop)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/capabilities", self._capabilities)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -193,6 +204,27 @@ class FakeHermes:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "platform": "hermes-agent"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response(_error("Invalid API key", "invalid_api_key"), status=401)
+        model = {"id": "hermes-agent", "object": "model", "created": int(time.time())}
+        model.update(owned_by="hermes", permission=[], root="hermes-agent", parent=None)
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def _capabilities(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response(_error("Invalid API key", "invalid_api_key"), status=401)
+        features = {"run_submission": True, "run_events_sse": True, "run_stop": True}
+        return web.json_response(
+            {
+                "object": "hermes.api_server.capabilities",
+                "platform": "hermes-agent",
+                "model": "hermes-agent",
+                "auth": {"type": "bearer", "required": bool(self.api_key)},
+                "features": features,
+            }
+        )
 
     async def _post_run(self, request: web.Request) -> web.Response:
         try:

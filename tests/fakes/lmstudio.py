@@ -11,7 +11,8 @@ Implemented: ``listLoaded``, ``getModelInfo`` (context length), ``listDownloaded
 ``getOrLoad`` channel (``alreadyLoaded``, or ``startLoading`` → ``loadProgress`` →
 ``loadSuccess``; an unknown model is a ``generic.noModelMatchingQuery`` error) and the ``predict``
 channel: each prediction is driven by a script (an async function of a ``FakePrediction``) that
-sends fragments, reasoning fragments and the final ``success`` with stats; a ``cancel`` sent on
+sends fragments, reasoning fragments and the final ``success`` with stats (or an error, such as
+the refusal of a prompt longer than the context); a ``cancel`` sent on
 the channel is recorded with its time and ends the prediction with ``stopReason: userStopped``.
 Faults are queued per prediction in ``faults`` (``close`` the socket before the first token,
 ``dispose`` the model handle), ``load_faults`` per model load (``cancel``: a concurrent load
@@ -135,6 +136,14 @@ class FakePrediction:
         self.finished = True
         await self._socket.send(
             {"type": "channelError", "channelId": self.channel_id, "error": _error(title)}
+        )
+
+    async def refuse_context(self, n_keep: int, n_ctx: int) -> None:
+        """Refuse a prompt longer than the loaded context, in LM Studio's words."""
+        await self.error(
+            "The number of tokens to keep from the initial prompt is greater than the context "
+            f"length (n_keep: {n_keep} >= n_ctx: {n_ctx}). Try to load the model with a larger "
+            "context length, or provide a shorter input."
         )
 
     async def wait_cancel(self, timeout: float = 10.0) -> None:

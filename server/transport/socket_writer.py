@@ -36,6 +36,7 @@ from engineio import exceptions as eio_exceptions
 # Packets up to this size may be written directly; bigger ones (a resume snapshot) go through
 # the queue, so that writing them never waits on a client in the sender's task.
 DIRECT_MAX_BYTES = 16 * 1024
+SOCKET_FIELDS = ("upgrading", "upgraded", "server", "_websocket_handler", "check_ping_timeout")
 
 
 class Direct:
@@ -53,8 +54,10 @@ class Direct:
 def quicken(socket: Any) -> None:
     """Give an Engine.IO ``AsyncSocket`` direct writes and the quicker wait. Call it before the
     socket's websocket handler starts (Engine.IO's ``connect`` event)."""
-    if not isinstance(getattr(socket, "queue", None), asyncio.Queue):
-        return
+    if not isinstance(getattr(socket, "queue", None), asyncio.Queue) or not all(
+        hasattr(socket, name) for name in SOCKET_FIELDS
+    ):
+        return  # not the socket this was written for: it keeps the library's writer
     direct = socket.chatrun_direct = Direct()
     socket.poll = types.MethodType(_poll, socket)
     socket.send = types.MethodType(_send, socket)

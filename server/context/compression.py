@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 from db.records import HistoryItem, SnapshotRecord
 from db.store import Store
+from server.context.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.errors import UpstreamCode, UpstreamError
-from server.sessions import ActiveRun, SessionHub, SessionState
+from server.runs.state import ActiveRun
+from server.sessions.hub import SessionHub
+from server.sessions.state import SessionState
 from server.settings import Settings
-from server.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.upstream.base import Upstream, UpstreamRequest, UpstreamRun
 from server.upstream.collect import RequestCancelled, collect_text
 
@@ -42,7 +44,12 @@ PROMPT_SLACK = 64  # tokens for the wording around a summary request
 
 
 class CompressionAborted(Exception):
-    """The run was aborted while its history was being summarised."""
+    """The run was aborted while its history was being summarised (``confirmed``: nothing
+    was left running upstream, or the upstream confirmed the stop)."""
+
+    def __init__(self, confirmed: bool = True) -> None:
+        super().__init__("aborted while the history was being summarised")
+        self.confirmed = confirmed
 
 
 @dataclass(slots=True)
@@ -382,7 +389,6 @@ class Compressor:
             answer = await collect_text(upstream, request, None, on_start=attach)
         except RequestCancelled as exc:
             if active is not None and active.aborting:
-                active.stop_confirmed = exc.confirmed
-                raise CompressionAborted from None
+                raise CompressionAborted(exc.confirmed) from None
             raise
         return answer.text.strip()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from server.compression import PROMPT_SLACK, CompressionAborted, Compressor
+from server.context.compression import PROMPT_SLACK, CompressionAborted, Compressor
 from server.errors import InputTooLarge
-from server.sessions import ActiveRun, SessionState
+from server.runs.state import ActiveRun
+from server.sessions.state import SessionState
 from server.upstream.base import Upstream
 
 EXTRACT_INSTRUCTIONS = (

@@ -9,8 +9,9 @@ import time
 from db.records import FlushBatch, RunFinish
 from db.store import Store
 from server.metrics import Metrics
-from server.sessions import SEQ_BLOCK, SessionHub, SessionState
-from server.transcript import Draft
+from server.sessions.hub import SessionHub
+from server.sessions.state import SEQ_BLOCK, SessionState
+from server.sessions.transcript import Draft
 
 log = logging.getLogger("chatrun.flusher")
 

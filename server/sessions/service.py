@@ -1,0 +1,94 @@
+"""The session service: what a client may do with its sessions, over the socket or REST.
+Every call checks that the session is the user's; reads never write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from db.records import SessionRecord, UserRecord
+from db.store import Store
+from server.errors import Forbidden, NotFound
+from server.runs.manager import RunManager
+from server.sessions.hub import SessionHub
+from server.sessions.resume import with_drafts
+
+
+class SessionService:
+    def __init__(self, store: Store, hub: SessionHub, runs: RunManager) -> None:
+        self.store = store
+        self.hub = hub
+        self.runs = runs
+
+    async def _stored(self, user: UserRecord, session_id: str) -> SessionRecord:
+        """The session as stored, for its owner (``NotFound``, ``Forbidden``); it is not
+        loaded into memory."""
+        record = await self.store.sessions.get(session_id)
+        if record is None:
+            raise NotFound(f"no session {session_id!r}")
+        if record.owner_id != user.id:
+            raise Forbidden("this session belongs to another user")
+        return record
+
+    async def resume(
+        self, user: UserRecord, session_id: str, sid: str, last_seq: int | None
+    ) -> int:
+        """Join the session's room and answer ``resumed`` (see ``server.sessions.resume``);
+        an unknown session gets an empty answer and nothing is created."""
+        state = await self.hub.owned(user, session_id)
+        if state is None:
+            return await self.hub.resumes.unknown(sid, session_id)
+        return await self.hub.outbox.resume(state, sid, last_seq)
+
+    async def leave(self, sid: str, session_id: str) -> None:
+        await self.hub.emitter.leave(sid, session_id)
+
+    async def page(
+        self, user: UserRecord, limit: int, before: tuple[float, str] | None
+    ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+        """A page of the user's sessions, newest activity first, and the cursor of the next."""
+        rows = await self.store.sessions.page(user.id, limit + 1, before)
+        page = rows[:limit]
+        sessions = [
+            {
+                "id": s.id,
+                "title": s.title,
+                "preview": preview,
+                "created_at": s.created_at,
+                "updated_at": s.updated_at,
+                "status": self._status(s.id),
+                "message_count": count,
+            }
+            for s, preview, count in page
+        ]
+        last = page[-1][0] if len(rows) > limit else None
+        return sessions, (last.updated_at, last.id) if last is not None else None
+
+    def _status(self, session_id: str) -> str:
+        state = self.hub.sessions.get(session_id)
+        if state is None:
+            return "idle"
+        if state.active is not None:
+            return "running"
+        return "queued" if state.queue else "idle"
+
+    async def messages(
+        self, user: UserRecord, session_id: str, limit: int, before: int | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of messages (oldest first) with the in-flight text, and whether there are
+        older ones."""
+        await self._stored(user, session_id)
+        records = await self.store.messages.recent(session_id, limit + 1, before)
+        has_more = len(records) > limit
+        records = with_drafts(self.hub.sessions.get(session_id), records[-limit:])
+        return [r.to_payload() for r in records], has_more
+
+    async def rename(self, user: UserRecord, session_id: str, title: str) -> None:
+        await self._stored(user, session_id)
+        await self.store.sessions.rename(session_id, title)
+        state = self.hub.sessions.get(session_id)
+        if state is not None:
+            state.title = title
+
+    async def delete(self, user: UserRecord, session_id: str) -> None:
+        """Delete a session: its queue is cancelled and a running run aborted first."""
+        await self.runs.delete_session(user, session_id)
