@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.openai import Completion, FakeOpenAI
+from tests.fakes.openai import Completion, FakeOpenAI, llama_cpp_refusal
 from tests.helpers import ChatrunServer, Tab, make_settings
 
 TERMINALS = ("run.completed", "run.failed", "run.cancelled")
@@ -288,3 +288,21 @@ async def test_check_finds_the_model_and_smoke_tests_it(
     assert check["status"] == "failed"
     model = check["stages"][2]
     assert model["status"] == "failed" and "it has: qwen2.5-7b-instruct" in model["detail"]
+
+
+async def test_a_refusal_for_length_teaches_the_window_and_the_next_run_fits(
+    chatrun: ChatrunServer, fake: FakeOpenAI, tab: Tab
+) -> None:
+    words = " ".join(f"word{i}" for i in range(300))
+    for i in range(3):  # a history of about 1,500 tokens, well inside the 32k the server lists
+        await run(tab, "long", f"{i}: {words}")
+    fake.refusals.append(llama_cpp_refusal(prompt_tokens=1700, n_ctx=1024))
+    _, name, failed = await run(tab, "long", "and now?")
+    assert name == "run.failed" and failed["code"] == "context_exceeded"
+    assert "1,024 tokens" in failed["error"] and "Send the message again" in failed["error"]
+    sent = len(fake.requests)
+    _, name, _ = await run(tab, "long", "and now?")
+    assert name == "run.completed"
+    assert tab.named("compression.completed", "long")  # the history was shortened to fit
+    answer = fake.requests[-1]
+    assert len(str(answer["messages"])) < len(str(fake.requests[sent - 1]["messages"])) / 2

@@ -115,6 +115,14 @@ class Compressor:
             self._limits[key] = cached
         return cached
 
+    def learn(self, upstream: Upstream, limit: int) -> None:
+        """The upstream refused a request as longer than its window: from now on the window
+        is ``limit`` (what the refusal stated, or an estimate below what was sent)."""
+        key = _limit_key(upstream)
+        current = self._limits.get(key)
+        self._limits[key] = min(limit, current) if current else limit
+        log.warning("profile %s: context window now %d tokens", upstream.config.name, limit)
+
     def window(self, limit: int) -> int:
         """Tokens a request may use: the window less the part kept for the answer."""
         reserve = min(self.settings.context_reserve_tokens, limit // 2)

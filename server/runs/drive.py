@@ -15,7 +15,7 @@ from server.context.chunking import read_in_parts
 from server.context.compact import Compactions
 from server.context.compression import CompressionAborted, Compressor, Fitted
 from server.context.tokens import MESSAGE_OVERHEAD, TokenCounter
-from server.errors import ChatrunError, UpstreamCode, UpstreamError
+from server.errors import ChatrunError, ContextExceeded, UpstreamCode, UpstreamError
 from server.metrics import Metrics
 from server.payloads import RunInput, input_text
 from server.protocol import Event
@@ -126,6 +126,13 @@ class Driver:
     async def _run_on(self, state: SessionState, run: ActiveRun, upstream: Upstream) -> Outcome:
         try:
             return await self._execute(state, run, upstream)
+        except ContextExceeded as exc:
+            # the next run is fitted to the window the upstream stated, or to a guess below
+            # what this one sent
+            learned = exc.limit or run.context_tokens * 3 // 4
+            if learned:
+                self.compressor.learn(upstream, learned)
+            return Outcome.failed(exc.message, exc.code)
         except UpstreamError as exc:
             self.health.failed(run.record.profile, exc)
             return Outcome.failed(exc.message, exc.code)
