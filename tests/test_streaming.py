@@ -6,7 +6,7 @@ import asyncio
 
 from tests.conftest import TabFactory
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab
+from tests.helpers import ChatrunServer, Tab, until
 
 WORDS = [f"w{i} " for i in range(40)]
 
@@ -184,3 +184,67 @@ async def test_coalescing_window_merges_deltas_and_keeps_the_text(
         assert seqs == list(range(1, len(seqs) + 1))
     finally:
         await tab.close()
+
+
+async def test_reasoning_that_only_repeats_the_answer_is_not_shown_as_reasoning(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    answer = "The answer is 42, as the guide says. " * 20
+
+    async def echoing(run: FakeRun) -> None:
+        for word in answer.split(" "):
+            await run.delta(word + " ")
+        # what hermes-agent sends: the first 500 characters of the answer message
+        await run.reasoning(answer[:500])
+        await run.delta("Anything else?")
+        await run.reasoning("<think>The user wants the number.</think>Anything else?")
+        await run.complete()
+
+    hermes.script = echoing
+    ack = await tab.call("run", {"session_id": "echo", "input": "what is it?"})
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
+    live = [d["text"] for d in tab.named("reasoning.available", "echo")]
+    assert live == ["The user wants the number."]
+    await tab.call("resume", {"session_id": "echo"})
+    stored = tab.named("resumed")[-1]["messages"][-1]
+    assert stored["role"] == "assistant" and stored["reasoning"] == "The user wants the number."
+    await until(
+        lambda: (
+            server.query("SELECT reasoning FROM messages WHERE role = 'assistant'")[0][0]
+            == "The user wants the number."
+        )
+    )
+
+
+async def test_real_reasoning_is_shown_live_and_after_a_refresh(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    async def thinking(run: FakeRun) -> None:
+        await run.delta("Paris.")
+        await run.reasoning("France's capital has been Paris since 987.")
+        await run.complete()
+
+    hermes.script = thinking
+    ack = await tab.call("run", {"session_id": "real", "input": "capital of France?"})
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
+    assert [d["text"] for d in tab.named("reasoning.available", "real")] == [
+        "France's capital has been Paris since 987."
+    ]
+    await tab.call("resume", {"session_id": "real"})
+    assert tab.named("resumed")[-1]["messages"][-1]["reasoning"] == (
+        "France's capital has been Paris since 987."
+    )
+
+
+async def test_an_answer_sent_whole_is_not_repeated_as_reasoning(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    async def whole(run: FakeRun) -> None:  # an agent that does not stream its answer
+        await run.reasoning("All done: the files are listed.")
+        await run.complete(output="All done: the files are listed.")
+
+    hermes.script = whole
+    ack = await tab.call("run", {"session_id": "whole", "input": "list them"})
+    done = await tab.wait_event("run.completed", run_id=ack["run_id"])
+    assert done["output"] == "All done: the files are listed."
+    assert not tab.named("reasoning.available", "whole")

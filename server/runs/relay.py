@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from server.errors import UpstreamCode, UpstreamError
 from server.metrics import Metrics
 from server.protocol import Event
+from server.runs.echo import AnswerEcho
 from server.runs.outcome import Outcome
 from server.runs.state import ActiveRun, RunStatus
 from server.sessions.hub import SessionHub
@@ -21,6 +22,7 @@ from server.upstream.base import (
     Cancelled,
     Completed,
     Passthrough,
+    ReasoningAvailable,
     ReasoningDelta,
     TextDelta,
     ToolCompleted,
@@ -48,6 +50,12 @@ class Relay:
         watch = IdleWatch(idle, task)
         publish = self.hub.publish
         first_event = first_text = True
+        echo = AnswerEcho()
+
+        def reasoning(text: str | None) -> None:
+            if text:
+                publish(state, Event.REASONING_AVAILABLE, {"run_id": run_id, "text": text})
+
         try:
             while True:
                 try:
@@ -67,6 +75,7 @@ class Relay:
                 watch.last = run.progress = watch.now()
                 if isinstance(event, TextDelta):
                     if event.text:
+                        echo.text(event.text)
                         self.metrics.deltas.inc()
                         if first_text:
                             first_text = False
@@ -82,7 +91,10 @@ class Relay:
                         )
                 elif isinstance(event, ReasoningDelta):
                     publish(state, Event.REASONING_DELTA, {"run_id": run_id, "text": event.text})
+                elif isinstance(event, ReasoningAvailable):
+                    reasoning(echo.judge(event.text))
                 elif isinstance(event, ToolStarted):
+                    reasoning(echo.new_segment())
                     call_id = event.tool_call_id or _new_call_id()
                     open_tools.setdefault(event.tool, []).append(call_id)
                     publish(
@@ -113,6 +125,7 @@ class Relay:
                 elif isinstance(event, Passthrough):
                     publish(state, event.name, {**event.data, "run_id": run_id})
                 elif isinstance(event, Completed):
+                    reasoning(echo.settle(event.output))
                     if run.aborting:
                         return Outcome(RunStatus.CANCELLED, synced=True)
                     return Outcome(

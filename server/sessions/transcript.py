@@ -205,6 +205,12 @@ class Transcript:
             draft = await self.assistant()
             draft.reasoning += data["text"]
             draft.dirty = True
+        elif event == "reasoning.available":  # sent whole: kept beside any streamed reasoning
+            draft = await self.assistant()
+            draft.reasoning = (
+                f"{draft.reasoning}\n\n{data['text']}" if draft.reasoning else data["text"]
+            )
+            draft.dirty = True
         elif event == "tool.started":
             await self._tool_started(data)
         elif event == "tool.completed":

@@ -88,6 +88,14 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningAvailable:
+    """Reasoning sent whole (Hermes' ``reasoning.available``). Hermes also sends the start of
+    an answer under this name; ``server.runs.relay`` tells the two apart."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolStarted:
     tool: str
     preview: str = ""
@@ -105,7 +113,7 @@ class ToolCompleted:
 
 @dataclass(frozen=True, slots=True)
 class Passthrough:
-    """An upstream event forwarded to clients as it came (``reasoning.available``, …)."""
+    """An upstream event forwarded to clients as it came (``approval.request``, …)."""
 
     name: str
     data: dict[str, Any]
@@ -127,7 +135,14 @@ class Cancelled:
 
 
 UpstreamEvent = (
-    TextDelta | ReasoningDelta | ToolStarted | ToolCompleted | Passthrough | Completed | Cancelled
+    TextDelta
+    | ReasoningDelta
+    | ReasoningAvailable
+    | ToolStarted
+    | ToolCompleted
+    | Passthrough
+    | Completed
+    | Cancelled
 )
 TERMINAL = (Completed, Cancelled)
 

@@ -15,10 +15,12 @@ from httpx_sse import SSEError
 
 from server.errors import UpstreamCode, UpstreamError, UpstreamUnreachable
 from server.payloads import input_text
+from server.protocol import RESERVED_EVENTS
 from server.upstream.base import (
     Cancelled,
     Completed,
     Passthrough,
+    ReasoningAvailable,
     ReasoningDelta,
     TextDelta,
     ToolCompleted,
@@ -37,30 +39,6 @@ from server.upstream.http_common import (
 )
 
 log = logging.getLogger("chatrun.upstream.hermes")
-
-# Events of our own protocol that an upstream must never be able to inject.
-RESERVED_EVENTS = frozenset(
-    {
-        "run.queued",
-        "run.started",
-        "usage.updated",
-        "resumed",
-        "abort.started",
-        "abort.completed",
-        "compression.started",
-        "compression.completed",
-        "message.delta",
-        "reasoning.delta",
-        "tool.started",
-        "tool.completed",
-        "run.completed",
-        "run.failed",
-        "run.cancelled",
-        "connect",
-        "disconnect",
-        "context.chunking",
-    }
-)
 
 
 class HermesUpstream(HttpAdapter):
@@ -224,6 +202,9 @@ def parse_event(data: str) -> UpstreamEvent | None:
                 raise TypeError("delta")
             timestamp = frame.get("timestamp")
             return TextDelta(delta, float(timestamp) if _number(timestamp) else None)
+        if name == "reasoning.available":
+            value = frame.get("text")
+            return ReasoningAvailable(value) if isinstance(value, str) and value else None
         if name in ("reasoning.delta", "thinking.delta"):
             value = frame.get("text", frame.get("delta"))
             return ReasoningDelta(value) if isinstance(value, str) and value else None
