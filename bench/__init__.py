@@ -1,0 +1,1 @@
+"""Benchmarks: load generators, baselines and the measurements in docs/performance.md."""

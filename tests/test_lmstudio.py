@@ -14,7 +14,8 @@ import pytest
 
 from server.errors import ConfigError, UpstreamCode, UpstreamError
 from server.upstream.base import UpstreamConfig, UpstreamRequest
-from server.upstream.lmstudio import LMStudioUpstream, api_host, build_chat
+from server.upstream.lmstudio import LMStudioUpstream
+from server.upstream.lmstudio_sdk import api_host, build_chat
 from server.upstream.profiles import profile_for
 from tests.conftest import TabFactory
 from tests.fakes.lmstudio import DEFAULT_WORDS, FakeLMStudio, FakePrediction

@@ -1,0 +1,1 @@
+"""In-process fakes of the upstream servers, speaking their real wire formats."""

@@ -1,0 +1,1 @@
+"""One migration per schema change, applied in order at start."""
