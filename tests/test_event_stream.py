@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from httpx_sse import SSEError
 
+from server.upstream import sse
 from server.upstream.base import UpstreamConfig
 from server.upstream.http_common import HTTP_ERRORS, HttpAdapter
 
@@ -83,6 +84,23 @@ async def read(adapter: HttpAdapter, query: str = "") -> list[tuple[str, str]]:
     async with adapter.event_source("GET", f"{adapter.config.url}/events?{query}") as stream:
         assert stream.status == 200
         return [(sse.event, sse.data) for sse in [e async for e in stream.events()]]
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private-decoders", "public-path"])
+async def test_both_decoding_paths_read_every_cut_alike(
+    adapter: HttpAdapter, private: bool
+) -> None:
+    async def pieces(cuts: list[int]) -> AsyncIterator[bytes]:
+        for start, end in zip([0, *cuts], [*cuts, len(BODY)], strict=True):
+            yield BODY[start:end]
+
+    for cut in range(1, len(BODY)):
+        got = [(e.event, e.data) async for e in sse.events(pieces([cut]), private=private)]
+        assert got == EXPECTED, f"cut at byte {cut}"
+    every = list(range(1, len(BODY)))
+    assert [(e.event, e.data) async for e in sse.events(pieces(every), private=private)] == (
+        EXPECTED
+    )
 
 
 async def test_events_arrive_whole_in_one_piece(adapter: HttpAdapter) -> None:

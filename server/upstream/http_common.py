@@ -4,7 +4,6 @@ exceeding the context window, and reported token usage."""
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 from collections.abc import AsyncIterator
@@ -16,13 +15,10 @@ import aiohttp
 import orjson
 from httpx_sse import ServerSentEvent, SSEError
 
-# httpx-sse's incremental decoders (pinned below 0.5 in pyproject): the public
-# ``EventSource`` wants an ``httpx.Response``, and building those costs more per run than the
-# request itself.
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
-
 from server.errors import ContextExceeded, UpstreamCode, UpstreamError, UpstreamUnreachable
 from server.upstream.base import UpstreamConfig
+from server.upstream.sse import chunks as sse_chunks
+from server.upstream.sse import events as sse_events
 
 MAX_ERROR_BODY = 300
 
@@ -183,9 +179,7 @@ class EventStream:
     async def events(self) -> AsyncIterator[ServerSentEvent]:
         """The stream's events (``SSEError`` if the answer is not an event stream).
 
-        Chunks go through httpx-sse's line and event decoders as they arrive (lines may end
-        in CR, LF or CRLF and may be split across chunks; text split inside a UTF-8 sequence
-        is joined first).
+        Chunks are decoded as they arrive (``server.upstream.sse``).
         """
         kind = self._response.headers.get("Content-Type", "").partition(";")[0]
         if "text/event-stream" not in kind:
@@ -193,35 +187,8 @@ class EventStream:
                 f"Expected response header Content-Type to contain 'text/event-stream', "
                 f"got {kind!r}"
             )
-        text = codecs.getincrementaldecoder("utf-8")("replace")
-        lines = SSELineDecoder()
-        decoder = SSEDecoder()
-        async for chunk in _chunks(self._response.content):
-            for line in lines.decode(text.decode(chunk)):
-                sse = decoder.decode(line)
-                if sse is not None:
-                    yield sse
-        rest = text.decode(b"", final=True)  # a sequence cut off by the end of the body
-        for line in [*(lines.decode(rest) if rest else ()), *lines.flush()]:
-            sse = decoder.decode(line)
-            if sse is not None:
-                yield sse
-
-
-async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """A body as it arrives. aiohttp raises a broken connection's error before handing out
-    what arrived ahead of the break; that text is the upstream's too, so it comes first."""
-    while True:
-        try:
-            chunk = await content.readany()
-        except HTTP_ERRORS:
-            rest = content._read_nowait(-1)  # what was buffered when the connection broke
-            if rest:
-                yield rest
-            raise
-        if not chunk:
-            return
-        yield chunk
+        async for sse in sse_events(sse_chunks(self._response.content, HTTP_ERRORS)):
+            yield sse
 
 
 class HttpAdapter:
