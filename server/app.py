@@ -63,10 +63,9 @@ class Chatrun:
         self.tasks = TaskSet()
         self.metrics = Metrics()
         self.auth = Authenticator(settings, store)
-        direct = shortcuts.install(sio, enabled=settings.socket_shortcuts)
-        self.hub = SessionHub(
-            settings, store, Emitter(sio, direct=direct), eventlog, self.tasks, self.metrics
-        )
+        self.socket_shortcuts = shortcuts.install(sio, enabled=settings.socket_shortcuts)
+        emitter = Emitter(sio, direct=self.socket_shortcuts)
+        self.hub = SessionHub(settings, store, emitter, eventlog, self.tasks, self.metrics)
         self.flusher = Flusher(self.hub, store, settings.flush_interval, self.metrics)
         self.upstreams = Upstreams(settings, store)
         self.upstream_health = UpstreamHealth(settings, self.upstreams, self.metrics)
@@ -141,6 +140,7 @@ def create_app(
         chatrun.upstreams,
         chatrun.upstream_health,
         chatrun.metrics,
+        socket_shortcuts=chatrun.socket_shortcuts,
     ).register(app)
     SessionApi(chatrun.auth, chatrun.sessions, chatrun.upstreams, chatrun.upstream_health).register(
         app

@@ -28,6 +28,8 @@ class HealthApi:
         upstreams: Upstreams,
         health: UpstreamHealth,
         metrics: Metrics,
+        *,
+        socket_shortcuts: bool,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -36,6 +38,7 @@ class HealthApi:
         self.upstreams = upstreams
         self.health = health
         self.metrics = metrics
+        self.socket_shortcuts = socket_shortcuts
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
@@ -55,6 +58,7 @@ class HealthApi:
         body["active_upstream"] = self.upstreams.active_name
         body["active_runs"] = self.runs.active_runs()
         body["sessions_in_memory"] = len(self.hub.sessions)
+        body["socket_shortcuts"] = self.socket_shortcuts  # see server/transport/shortcuts.py
         return web.json_response(body, status=status)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
