@@ -3,6 +3,7 @@ threads of its shortcuts (``db.sqlite``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from db.sqlite.onetrip import OneTrip
 from db.sqlite.thread import SQLiteThread
 
 T = TypeVar("T")
+log = logging.getLogger("chatrun.db")
 
 
 class Database:
@@ -31,6 +33,8 @@ class Database:
 
     async def open(self) -> None:
         engine = self._engine = create_engine(self.url)
+        if engine.dialect.name != "sqlite":
+            log.warning("only SQLite databases are supported; %s is untested", engine.dialect.name)
         await migrate(engine)
         one_trip = None
         if engine.dialect.name == "sqlite":

@@ -31,7 +31,9 @@ class Settings:
         Path("./data"), "Directory for the SQLite database and the generated auth token."
     )
     database_url: str = _setting(
-        "", "SQLAlchemy async database URL; default `sqlite+aiosqlite:///<data dir>/chatrun.db`."
+        "",
+        "Database URL; only SQLite (`sqlite+aiosqlite:///<path>`) is supported. Default "
+        "`sqlite+aiosqlite:///<data dir>/chatrun.db`.",
     )
     auth_token: str = _setting(
         "", "Token of the single user `default`; generated and stored in the data dir if unset."

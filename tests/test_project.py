@@ -1,4 +1,5 @@
-"""The project's declarations agree with each other: README ↔ Settings, models ↔ migrations."""
+"""The project's declarations agree with each other: docs/settings.md ↔ Settings, models ↔
+migrations, the README's links ↔ the docs."""
 
 from __future__ import annotations
 
@@ -35,16 +36,22 @@ PROTOCOL_SETTINGS = [
 ]
 
 
-def readme_settings() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def documented_settings() -> dict[str, str]:
+    text = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `(CHATRUN_[A-Z_]+)` \| `([^`]*)` \|", text, flags=re.M)
     return dict(rows)
 
 
-def test_readme_settings_table_matches_settings() -> None:
-    documented = readme_settings()
+def test_the_settings_page_lists_every_setting_with_its_default() -> None:
+    documented = documented_settings()
     declared = {name: default for name, default, _ in setting_docs()}
     assert documented == declared
+
+
+def test_the_readme_links_to_documents_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(((?:docs|bench)/[^)]+)\)", readme)
+    assert links and all((ROOT / link).is_file() for link in links), links
 
 
 def test_protocol_settings_exist_with_protocol_defaults() -> None:
