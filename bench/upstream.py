@@ -2,7 +2,8 @@
 
     python -m bench.upstream PORT
 
-``POST /v1/runs`` with input ``"go <tokens> <rate>"``; the event stream sends token ``i`` as
+``POST /v1/runs`` with input ``"go <tokens> <rate> [<first>]"``; after ``first`` seconds (an agent
+that plans, a model reading a long prompt; default 0) the event stream sends token ``i`` as
 ``t<i>@<epoch send time> `` on schedule (anchored to the stream start, so no drift), then
 ``run.completed``. Each token's send time rides in its text, so a reader can compute per-token
 latency even when deltas are coalesced.
@@ -18,14 +19,14 @@ import uuid
 
 from aiohttp import web
 
-RUNS: dict[str, tuple[int, float]] = {}
+RUNS: dict[str, tuple[int, float, float]] = {}
 
 
 async def post_run(request: web.Request) -> web.Response:
     body = await request.json()
-    _, tokens, rate = str(body["input"]).split()
+    _, tokens, rate, *first = str(body["input"]).split()
     run_id = f"run_{uuid.uuid4().hex}"
-    RUNS[run_id] = (int(tokens), float(rate))
+    RUNS[run_id] = (int(tokens), float(rate), float(first[0]) if first else 0.0)
     return web.json_response({"run_id": run_id, "status": "started"}, status=202)
 
 
@@ -33,12 +34,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     run = RUNS.pop(request.match_info["run_id"], None)
     if run is None:
         return web.json_response({"error": {"message": "Run not found"}}, status=404)
-    tokens, rate = run
+    tokens, rate, first = run
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
     run_id = request.match_info["run_id"]
+    if first:
+        await asyncio.sleep(first)
     start = time.monotonic()
     for i in range(tokens):
         if rate > 0:
