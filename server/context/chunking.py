@@ -12,6 +12,7 @@ import asyncio
 
 from server.context.compression import PROMPT_SLACK, CompressionAborted, Compressor
 from server.errors import InputTooLarge
+from server.protocol import Event
 from server.runs.state import ActiveRun
 from server.sessions.state import SessionState
 from server.upstream.base import Upstream
@@ -60,7 +61,7 @@ async def read_in_parts(
     total = len(parts)
     done = 0
     hub = compressor.hub
-    hub.publish(state, "context.chunking", {"run_id": active.id, "done": 0, "total": total})
+    hub.publish(state, Event.CONTEXT_CHUNKING, {"run_id": active.id, "done": 0, "total": total})
     gate = asyncio.Semaphore(compressor.settings.chunk_concurrency)
 
     async def extract(part: str) -> str:
@@ -73,7 +74,9 @@ async def read_in_parts(
                 upstream, state.id, prompt, model, None, instructions=EXTRACT_INSTRUCTIONS
             )
         done += 1
-        hub.publish(state, "context.chunking", {"run_id": active.id, "done": done, "total": total})
+        hub.publish(
+            state, Event.CONTEXT_CHUNKING, {"run_id": active.id, "done": done, "total": total}
+        )
         return answer
 
     answers = await asyncio.gather(*(extract(p) for p in parts), return_exceptions=True)

@@ -20,6 +20,7 @@ from db.records import HistoryItem, SnapshotRecord
 from db.store import Store
 from server.context.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.errors import UpstreamCode, UpstreamError
+from server.protocol import Event
 from server.runs.state import ActiveRun
 from server.sessions.hub import SessionHub
 from server.sessions.state import SessionState
@@ -190,7 +191,7 @@ class Compressor:
         total_messages = earlier + len(items)
         self.hub.publish(
             state,
-            "compression.started",
+            Event.COMPRESSION_STARTED,
             {**run_id, "message_count": total_messages, "token_count": before},
         )
         # The most recent turns stay verbatim, as many as fit beside a full-size summary.
@@ -216,7 +217,7 @@ class Compressor:
             except CompressionAborted:
                 self.hub.publish(
                     state,
-                    "compression.completed",
+                    Event.COMPRESSION_COMPLETED,
                     {**run_id, **self._unchanged(total_messages, before), "error": "aborted"},
                 )
                 raise
@@ -263,10 +264,10 @@ class Compressor:
         }
         if error is not None:
             completed["error"] = error
-        self.hub.publish(state, "compression.completed", completed)
+        self.hub.publish(state, Event.COMPRESSION_COMPLETED, completed)
         self.hub.publish(
             state,
-            "usage.updated",
+            Event.USAGE_UPDATED,
             {
                 **run_id,
                 "inputTokens": state.input_tokens,

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from db.records import MessageRecord, MessageWrite
+from server.protocol import Event
 
 
 class MessageStatus(StrEnum):
@@ -199,21 +200,21 @@ class Transcript:
 
     async def apply(self, event: str, data: dict[str, Any]) -> None:
         """Apply one outgoing run event to the transcript."""
-        if event == "message.delta":
+        if event == Event.MESSAGE_DELTA:
             (await self.assistant()).append(data["delta"])
-        elif event == "reasoning.delta":
+        elif event == Event.REASONING_DELTA:
             draft = await self.assistant()
             draft.reasoning += data["text"]
             draft.dirty = True
-        elif event == "reasoning.available":  # sent whole: kept beside any streamed reasoning
+        elif event == Event.REASONING_AVAILABLE:  # sent whole: kept beside any streamed reasoning
             draft = await self.assistant()
             draft.reasoning = (
                 f"{draft.reasoning}\n\n{data['text']}" if draft.reasoning else data["text"]
             )
             draft.dirty = True
-        elif event == "tool.started":
+        elif event == Event.TOOL_STARTED:
             await self._tool_started(data)
-        elif event == "tool.completed":
+        elif event == Event.TOOL_COMPLETED:
             self._tool_completed(data)
 
     async def _tool_started(self, data: dict[str, Any]) -> None:
