@@ -1,16 +1,21 @@
-"""Test helpers: a real Chatrun server on a real port, and recording Socket.IO tabs."""
+"""Test helpers: a real Chatrun server on a real port, recording Socket.IO tabs, and waiting.
+
+The fixtures built on these live in ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import socketio
 from aiohttp import web
 
@@ -20,15 +25,50 @@ from server.settings import Settings
 NS = "/chat-run"
 TOKEN = "test-token-alice"
 BOB_TOKEN = "test-token-bob"
+ADMIN_TOKEN = "test-admin-token"
+TERMINALS = ("run.completed", "run.failed", "run.cancelled")
+SHORTCUTS_ENV = "CHATRUN_SOCKET_SHORTCUTS"
+
+
+class ServerFactory(Protocol):
+    """The ``make_server`` fixture: a started server with these settings."""
+
+    def __call__(self, *, upstream_url: str, **settings: Any) -> Awaitable[ChatrunServer]: ...
+
+
+class TabFactory(Protocol):
+    """The ``tab_factory`` fixture: a connected tab on ``server`` (a server, or the URL of a
+    server process; the ``server`` fixture by default)."""
+
+    def __call__(
+        self,
+        server: ChatrunServer | str | None = None,
+        *,
+        token: str = TOKEN,
+        profile: str | None = None,
+        transports: list[str] | None = None,
+    ) -> Awaitable[Tab]: ...
+
+
+def shortcuts_from_env() -> bool:
+    """The socket shortcuts' setting for test servers: ``CHATRUN_SOCKET_SHORTCUTS`` when set
+    (parsed as the server parses it, so ``0`` turns them off), otherwise on."""
+    value = os.environ.get(SHORTCUTS_ENV)
+    if value is None:
+        return True
+    return Settings.from_env({SHORTCUTS_ENV: value}).socket_shortcuts
 
 
 def make_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Settings:
-    base = dict(
+    """Settings of a test server; ``overrides`` are ``Settings`` fields."""
+    base: dict[str, Any] = dict(
         host="127.0.0.1",
         port=0,
         data_dir=data_dir,
         auth_tokens=f"alice={TOKEN},bob={BOB_TOKEN}",
+        admin_token=ADMIN_TOKEN,
         upstream_url=upstream_url,
+        socket_shortcuts=shortcuts_from_env(),
         flush_interval_ms=50,
         abort_grace_ms=2000,
         upstream_idle_timeout_s=5.0,
@@ -69,9 +109,7 @@ class ChatrunServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self.runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -95,6 +133,43 @@ class ChatrunServer:
             return list(conn.execute(sql, params))
         finally:
             conn.close()
+
+    async def request(
+        self, method: str, path: str, *, token: str | None = None, body: Any = None
+    ) -> tuple[int, Any]:
+        """One HTTP request to the server: (status, JSON body, or the text when not JSON)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, self.url + path, json=body, headers=headers) as response,
+        ):
+            text = await response.text()
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, text
+
+    async def admin(
+        self, method: str, path: str = "", body: Any = None, token: str | None = ADMIN_TOKEN
+    ) -> tuple[int, Any]:
+        """A call to the admin API of upstream configs (``/api/admin/upstreams`` + ``path``)."""
+        return await self.request(method, "/api/admin/upstreams" + path, token=token, body=body)
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz``."""
+        status, body = await self.request("GET", "/healthz")
+        assert status in (200, 503), (status, body)
+        assert isinstance(body, dict)
+        return body
+
+    async def metrics(self) -> dict[str, float]:
+        """``GET /metrics`` as ``{sample name with labels: value}``."""
+        status, text = await self.request("GET", "/metrics")
+        assert status == 200, text
+        return {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in str(text).splitlines()
+            if line and not line.startswith("#")
+        }
 
 
 class Tab:
@@ -136,7 +211,7 @@ class Tab:
     async def close(self) -> None:
         if self.sio.connected:
             await self.sio.disconnect()
-        await self.sio.shutdown() if hasattr(self.sio, "shutdown") else None
+        await self.sio.shutdown()
 
     async def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
         if data is None:
@@ -153,6 +228,21 @@ class Tab:
                     if result:
                         return result
                     await self._changed.wait()
+
+    async def run_to_end(
+        self, session_id: str, input: Any = "hi", timeout: float = 10, **extra: Any
+    ) -> tuple[str, str, dict[str, Any]]:
+        """Start a run and wait for its terminal event: (run_id, event name, payload)."""
+        ack = await self.call("run", {"session_id": session_id, "input": input, **extra})
+        assert ack["ok"] is True, ack
+        run_id: str = ack["run_id"]
+        name, data = await self.wait_for(
+            lambda events: next(
+                ((n, d) for n, d in events if n in TERMINALS and d.get("run_id") == run_id), None
+            ),
+            timeout,
+        )
+        return run_id, name, data
 
     async def wait_event(self, name: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
         def find(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
@@ -221,9 +311,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` holds (fails the test after ``timeout`` seconds)."""
+POLL_INTERVAL = 0.01
+
+
+async def until(check: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Wait until ``check()`` is true (fails the test after ``timeout`` seconds)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
-        assert asyncio.get_running_loop().time() < deadline, "never happened"
-        await asyncio.sleep(0.005)
+        assert asyncio.get_running_loop().time() < deadline, what or "never happened"
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+async def until_async(
+    check: Callable[[], Awaitable[object]],
+    timeout: float = 10.0,
+    what: str = "",
+    interval: float = 0.05,
+) -> None:
+    """``until`` with a check that awaits (an HTTP request, a socket call); it runs every
+    ``interval`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, what or "never happened"
+        await asyncio.sleep(interval)

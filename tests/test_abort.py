@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab
+from tests.helpers import ChatrunServer, Tab, until
 
 
 async def endless(run: FakeRun) -> None:
@@ -94,7 +94,9 @@ async def test_abort_of_an_upstream_that_ignores_stop_ends_after_the_grace_time(
     done = await tab.wait_event("abort.completed", run_id=ack["run_id"])
     elapsed = time.monotonic() - started
     assert done["synced"] is False
-    assert 1.5 < elapsed < 4.0  # grace is 2 s in tests
+    # not before the grace (2 s in tests) has passed; then soon, with room for a loaded machine
+    grace = server.settings.abort_grace
+    assert grace - 0.05 <= elapsed < grace + 5
     assert len(tab.named("run.cancelled")) == 1
     run = hermes.runs[next(iter(hermes.runs))]
     await asyncio.wait_for(run.client_disconnected.wait(), 2)
@@ -120,5 +122,7 @@ async def test_abort_while_the_upstream_is_accepting_the_run(
         == "cancelled"
     )
     # the upstream run that was being accepted is stopped too
-    await asyncio.sleep(0.1)
-    assert list(hermes.runs) == hermes.stop_calls
+    await until(
+        lambda: hermes.runs and list(hermes.runs) == hermes.stop_calls,
+        what="the upstream run being accepted was never stopped",
+    )

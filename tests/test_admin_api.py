@@ -5,25 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from server.upstream.check import classify
-from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import TOKEN, ChatrunServer, Tab, make_settings
+from tests.fakes.hermes import FakeHermes, FakeRun, Script
+from tests.helpers import (
+    TOKEN,
+    ChatrunServer,
+    ServerFactory,
+    TabFactory,
+    free_port,
+    until_async,
+)
 
-ADMIN = "admin-secret-token"
 KEY = "sk-upstream-secret-0123456789"
-ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
 
-def answering(text: str) -> Any:
+def answering(text: str) -> Script:
     async def script(run: FakeRun) -> None:
         await run.delta(text)
         await run.complete()
@@ -31,98 +32,40 @@ def answering(text: str) -> Any:
     return script
 
 
-class Admin:
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http = http
-        self.base = url + "/api/admin/upstreams"
-
-    async def call(
-        self, method: str, path: str = "", body: Any = None, token: str | None = ADMIN
-    ) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.http.request(
-            method, self.base + path, json=body, headers=headers
-        ) as response:
-            return response.status, await response.json()
-
-
 @pytest.fixture
-async def admin_server(tmp_path: Path, hermes: FakeHermes) -> AsyncIterator[ChatrunServer]:
+async def server(make_server: ServerFactory, hermes: FakeHermes) -> ChatrunServer:
     hermes.api_key = KEY
-    srv = ChatrunServer(
-        make_settings(tmp_path / "data", hermes.url, admin_token=ADMIN, upstream_api_key=KEY)
-    )
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
+    return await make_server(upstream_url=hermes.url, upstream_api_key=KEY)
 
 
-@pytest.fixture
-async def admin(admin_server: ChatrunServer) -> AsyncIterator[Admin]:
-    async with aiohttp.ClientSession() as http:
-        yield Admin(http, admin_server.url)
-
-
-async def connect(url: str, profile: str | None = None) -> Tab:
-    tab = Tab(url, TOKEN, profile)
-    await tab.connect()
-    return tab
-
-
-async def run_text(tab: Tab, session_id: str, queue_id: str) -> dict[str, Any]:
-    ack = await tab.call("run", {"session_id": session_id, "input": "hi", "queue_id": queue_id})
-    assert ack["ok"], ack
-    done = await tab.wait_for(
-        lambda evs: next(
-            (
-                d
-                for n, d in evs
-                if n in ("run.completed", "run.failed") and d.get("run_id") == ack["run_id"]
-            ),
-            None,
-        )
-    )
-    assert isinstance(done, dict)
-    return done
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-async def test_admin_api_needs_the_admin_token(admin: Admin) -> None:
+async def test_admin_api_needs_the_admin_token(server: ChatrunServer) -> None:
     for token in (None, "wrong", TOKEN):
-        status, body = await admin.call("GET", token=token)
+        status, body = await server.admin("GET", token=token)
         assert status == 401 and body["error"]["code"] == "unauthorized"
-    status, body = await admin.call("POST", "", {"name": "x", "kind": "hermes"}, token=TOKEN)
+    status, body = await server.admin("POST", "", {"name": "x", "kind": "hermes"}, token=TOKEN)
     assert status == 401
 
 
 async def test_default_config_comes_from_settings_and_the_key_is_never_shown(
-    admin_server: ChatrunServer, admin: Admin, caplog: pytest.LogCaptureFixture
+    server: ChatrunServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    status, body = await admin.call("GET")
+    status, body = await server.admin("GET")
     assert status == 200 and body["active"] == "default"
     (default,) = body["upstreams"]
     assert default["name"] == "default" and default["kind"] == "hermes" and default["active"]
     assert default["has_api_key"] is True and default["api_key"] == "****6789"
     assert default["health"]["state"] in ("ready", "unreachable")
-    status, created = await admin.call(
+    status, created = await server.admin(
         "POST", "", {"name": "other", "kind": "hermes", "url": "http://h:1", "api_key": KEY}
     )
     assert status == 201 and created["upstream"]["api_key"] == "****6789"
-    status, checked = await admin.call("POST", "/other/test")  # fails: nothing at h:1
+    status, checked = await server.admin("POST", "/other/test")  # fails: nothing at h:1
     assert status == 200 and checked["check"]["status"] == "failed"
     for path in ("", "/default", "/other"):
-        _, shown = await admin.call("GET", path)
+        _, shown = await server.admin("GET", path)
         assert KEY not in str(shown)
-    stored = admin_server.query("SELECT api_key FROM upstream_configs WHERE name='other'")
+    stored = server.query("SELECT api_key FROM upstream_configs WHERE name='other'")
     assert stored[0]["api_key"] == KEY  # kept to call the upstream with
     # (the database driver's own DEBUG lines are silenced by `python -m server`)
     leaks = [r for r in caplog.records if KEY in r.getMessage() and r.name != "aiosqlite"]
@@ -165,16 +108,16 @@ async def test_default_config_comes_from_settings_and_the_key_is_never_shown(
         ({"name": "x", "kind": "hermes", "url": "http://a", "active": "yes"}, "'active' must be"),
     ],
 )
-async def test_create_validates_every_field(admin: Admin, body: Any, message: str) -> None:
-    status, answer = await admin.call("POST", "", body)
+async def test_create_validates_every_field(server: ChatrunServer, body: Any, message: str) -> None:
+    status, answer = await server.admin("POST", "", body)
     assert status == 400, answer
     assert answer["error"]["code"] == "bad_request"
     assert message in answer["error"]["message"]
-    _, listed = await admin.call("GET")
+    _, listed = await server.admin("GET")
     assert [u["name"] for u in listed["upstreams"]] == ["default"]
 
 
-async def test_duplicates_unknown_names_updates_and_deletes(admin: Admin) -> None:
+async def test_duplicates_unknown_names_updates_and_deletes(server: ChatrunServer) -> None:
     body = {
         "name": "vllm",
         "kind": "hermes",
@@ -182,30 +125,30 @@ async def test_duplicates_unknown_names_updates_and_deletes(admin: Admin) -> Non
         "sampling": {"temperature": 0.2, "top_k": 40},
         "overrides": {"stop": ["</s>"], "system_role": False},
     }
-    status, created = await admin.call("POST", "", body)
+    status, created = await server.admin("POST", "", body)
     assert status == 201
     assert created["upstream"]["sampling"] == {"temperature": 0.2, "top_k": 40}
-    status, answer = await admin.call("POST", "", body)
+    status, answer = await server.admin("POST", "", body)
     assert status == 409 and "already exists" in answer["error"]["message"]
-    status, answer = await admin.call("GET", "/nope")
+    status, answer = await server.admin("GET", "/nope")
     assert status == 404 and "known: default, vllm" in answer["error"]["message"]
-    status, answer = await admin.call("PATCH", "/vllm", {"name": "renamed"})
+    status, answer = await server.admin("PATCH", "/vllm", {"name": "renamed"})
     assert status == 400 and "cannot be renamed" in answer["error"]["message"]
-    status, answer = await admin.call("PATCH", "/vllm", {"model": "qwen2.5-7b", "api_key": "k"})
+    status, answer = await server.admin("PATCH", "/vllm", {"model": "qwen2.5-7b", "api_key": "k"})
     assert status == 200 and answer["upstream"]["model"] == "qwen2.5-7b"
     assert answer["upstream"]["sampling"] == {"temperature": 0.2, "top_k": 40}  # untouched
-    status, answer = await admin.call("PATCH", "/default", {"active": False})
+    status, answer = await server.admin("PATCH", "/default", {"active": False})
     assert status == 409
-    status, answer = await admin.call("DELETE", "/default")
+    status, answer = await server.admin("DELETE", "/default")
     assert status == 409 and "activate another one" in answer["error"]["message"]
-    status, _ = await admin.call("DELETE", "/vllm")
+    status, _ = await server.admin("DELETE", "/vllm")
     assert status == 200
-    status, _ = await admin.call("GET", "/vllm")
+    status, _ = await server.admin("GET", "/vllm")
     assert status == 404
 
 
 async def test_hot_reload_mid_stream_and_profile_per_connection(
-    admin_server: ChatrunServer, admin: Admin, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     release = asyncio.Event()
 
@@ -218,59 +161,46 @@ async def test_hot_reload_mid_stream_and_profile_per_connection(
     hermes.script = slow
     async with FakeHermes(api_key=KEY) as other:
         other.script = answering("Paris from the other upstream")
-        tab = await connect(admin_server.url)
-        try:
-            ack = await tab.call("run", {"session_id": "s1", "input": "hi", "queue_id": "q1"})
-            await hermes.wait_for_run()
-            # the default config moves to the other upstream while the run streams
-            status, _ = await admin.call("PATCH", "/default", {"url": other.url})
-            assert status == 200
-            release.set()
-            done = await tab.wait_event("run.completed", run_id=ack["run_id"])
-            assert done["output"] == "old upstream"  # the run in flight kept its upstream
-            assert (await run_text(tab, "s1", "q2"))["output"] == "Paris from the other upstream"
-            assert len(hermes.requests) == 1 and len(other.requests) == 1
+        tab = await tab_factory()
+        ack = await tab.call("run", {"session_id": "s1", "input": "hi", "queue_id": "q1"})
+        await hermes.wait_for_run()
+        # the default config moves to the other upstream while the run streams
+        status, _ = await server.admin("PATCH", "/default", {"url": other.url})
+        assert status == 200
+        release.set()
+        done = await tab.wait_event("run.completed", run_id=ack["run_id"])
+        assert done["output"] == "old upstream"  # the run in flight kept its upstream
+        _, _, done = await tab.run_to_end("s1", queue_id="q2")
+        assert done["output"] == "Paris from the other upstream"
+        assert len(hermes.requests) == 1 and len(other.requests) == 1
 
-            # a second config, chosen per connection with query.profile
-            status, _ = await admin.call(
-                "POST", "", {"name": "first", "kind": "hermes", "url": hermes.url, "api_key": KEY}
-            )
-            assert status == 201
-            hermes.script = answering("from first")
-            chosen = await connect(admin_server.url, profile="first")
-            try:
-                assert (await run_text(chosen, "s2", "q1"))["output"] == "from first"
-                started = chosen.named("run.started")[-1]
-                assert started["profile"] == "first"
-            finally:
-                await chosen.close()
-            unknown = await connect(admin_server.url, profile="nope")
-            try:
-                ack = await unknown.call("run", {"session_id": "s3", "input": "x", "queue_id": "q"})
-                assert ack["ok"] is False and ack["error"]["code"] == "not_found"
-                assert "unknown upstream profile 'nope'" in ack["error"]["message"]
-            finally:
-                await unknown.close()
+        # a second config, chosen per connection with query.profile
+        status, _ = await server.admin(
+            "POST", "", {"name": "first", "kind": "hermes", "url": hermes.url, "api_key": KEY}
+        )
+        assert status == 201
+        hermes.script = answering("from first")
+        chosen = await tab_factory(profile="first")
+        _, _, done = await chosen.run_to_end("s2", queue_id="q1")
+        assert done["output"] == "from first"
+        assert chosen.named("run.started")[-1]["profile"] == "first"
+        unknown = await tab_factory(profile="nope")
+        ack = await unknown.call("run", {"session_id": "s3", "input": "x", "queue_id": "q"})
+        assert ack["ok"] is False and ack["error"]["code"] == "not_found"
+        assert "unknown upstream profile 'nope'" in ack["error"]["message"]
 
-            # activation runs the check first, then connections without a profile use it
-            hermes.script = answering("Paris")
-            adapter = admin_server.app.upstreams.get("first")
-            status, result = await admin.call("POST", "/first/activate")
-            assert status == 200 and result["activated"] is True
-            assert result["check"]["status"] == "ready"
-            hermes.script = answering("now the active one")
-            plain = await connect(admin_server.url)
-            try:
-                done = await run_text(plain, "s4", "q1")
-                assert done["output"] == "now the active one"
-            finally:
-                await plain.close()
-            _, listed = await admin.call("GET")
-            assert listed["active"] == "first"
-            assert admin_server.app.upstreams.get("first") is adapter  # only `active` changed
-            assert [u["active"] for u in listed["upstreams"]] == [False, True]
-        finally:
-            await tab.close()
+        # activation runs the check first, then connections without a profile use it
+        hermes.script = answering("Paris")
+        status, result = await server.admin("POST", "/first/activate")
+        assert status == 200 and result["activated"] is True
+        assert result["check"]["status"] == "ready"
+        hermes.script = answering("now the active one")
+        plain = await tab_factory()
+        _, _, done = await plain.run_to_end("s4", queue_id="q1")
+        assert done["output"] == "now the active one"
+        _, listed = await server.admin("GET")
+        assert listed["active"] == "first"
+        assert [u["active"] for u in listed["upstreams"]] == [False, True]
 
 
 @pytest.mark.parametrize(
@@ -284,10 +214,10 @@ async def test_hot_reload_mid_stream_and_profile_per_connection(
     ],
 )
 async def test_check_walks_the_stages_and_classifies_the_answer(
-    admin: Admin, hermes: FakeHermes, answer: str, status: str, smoke: str, reason: str
+    server: ChatrunServer, hermes: FakeHermes, answer: str, status: str, smoke: str, reason: str
 ) -> None:
     hermes.script = answering(answer)
-    code, body = await admin.call("POST", "/default/test")
+    code, body = await server.admin("POST", "/default/test")
     assert code == 200
     check = body["check"]
     assert check["status"] == status and check["smoke"] == smoke
@@ -297,7 +227,7 @@ async def test_check_walks_the_stages_and_classifies_the_answer(
     assert "hermes at http://127.0.0.1" in check["stages"][0]["detail"]
     prompt = hermes.requests[-1]["input"]
     assert "capital of France" in prompt
-    _, shown = await admin.call("GET", "/default")
+    _, shown = await server.admin("GET", "/default")
     assert shown["upstream"]["last_check"] == check  # stored and shown
     expected_state = "degraded" if status != "ready" else "ready"
     assert shown["upstream"]["health"]["state"] in (expected_state, "unreachable")
@@ -314,83 +244,72 @@ def test_classify_reasons() -> None:
     assert classify("Paris\nParis\nParis\nParis\n").reason == "runaway repetition"
 
 
-async def test_activation_refuses_a_failing_upstream_unless_forced(admin: Admin) -> None:
+async def test_activation_refuses_a_failing_upstream_unless_forced(server: ChatrunServer) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    status, _ = await admin.call("POST", "", {"name": "dead", "kind": "hermes", "url": dead})
+    status, _ = await server.admin("POST", "", {"name": "dead", "kind": "hermes", "url": dead})
     assert status == 201
-    status, body = await admin.call("POST", "/dead/activate")
+    status, body = await server.admin("POST", "/dead/activate")
     assert status == 409 and body["error"]["code"] == "check_failed"
     stages = body["check"]["stages"]
     assert [(s["stage"], s["status"]) for s in stages] == [("resolve", "ok"), ("reach", "failed")]
     assert "check that it is running" in stages[1]["detail"]
-    _, listed = await admin.call("GET")
+    _, listed = await server.admin("GET")
     assert listed["active"] == "default"
-    status, body = await admin.call("POST", "/dead/activate", {"force": "yes"})
+    status, body = await server.admin("POST", "/dead/activate", {"force": "yes"})
     assert status == 400
-    status, body = await admin.call("POST", "/dead/activate", {"force": True})
+    status, body = await server.admin("POST", "/dead/activate", {"force": True})
     assert status == 200 and body["activated"] is True
-    _, listed = await admin.call("GET")
+    _, listed = await server.admin("GET")
     assert listed["active"] == "dead"
 
 
-async def test_unreachable_upstream_fails_fast_and_recovers_by_itself(tmp_path: Path) -> None:
+async def test_unreachable_upstream_fails_fast_and_recovers_by_itself(
+    make_server: ServerFactory, tab_factory: TabFactory
+) -> None:
     port = free_port()
-    srv = ChatrunServer(
-        make_settings(tmp_path / "data", f"http://127.0.0.1:{port}", upstream_connect_timeout_s=2)
+    connect_timeout = 5.0
+    # no upstream at all: the server still starts and serves
+    srv = await make_server(
+        upstream_url=f"http://127.0.0.1:{port}", upstream_connect_timeout_s=connect_timeout
     )
-    await srv.start()  # no upstream at all: the server still starts and serves
-    tab = await connect(srv.url)
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(
-                srv.url + "/api/me", headers={"Authorization": f"Bearer {TOKEN}"}
-            ) as r:
-                assert r.status == 200
-            done = await run_text(tab, "s1", "q1")
-            assert done["code"] == "upstream_unavailable"
-            assert "Check that" in done["error"]
-            async with http.get(srv.url + "/healthz") as r:
-                health = (await r.json())["upstreams"]["default"]
-            assert health["state"] == "unreachable"
-            # known unreachable: the next run fails fast with a message for the operator
-            started = time.monotonic()
-            done = await run_text(tab, "s1", "q2")
-            assert done["code"] == "upstream_unavailable"
-            assert "is unreachable" in done["error"] and "Check that" in done["error"]
-            assert time.monotonic() - started < 1.0
-            async with FakeHermes() as fake:
-                await fake.close()
-                await fake.start(port=port)
-                fake.script = answering("back again")
-                # the probe notices by itself (backoff 1 s, 2 s …)
-                async with asyncio.timeout(10):
-                    while True:
-                        async with http.get(srv.url + "/healthz") as r:
-                            state = (await r.json())["upstreams"]["default"]["state"]
-                        if state == "ready":
-                            break
-                        await asyncio.sleep(0.2)
-                done = await run_text(tab, "s1", "q3")
-                assert done.get("output") == "back again"
-    finally:
+    tab = await tab_factory(srv)
+    status, _ = await srv.request("GET", "/api/me", token=TOKEN)
+    assert status == 200
+    _, _, done = await tab.run_to_end("s1", queue_id="q1")
+    assert done["code"] == "upstream_unavailable"
+    assert "Check that" in done["error"]
+    assert (await srv.health())["upstreams"]["default"]["state"] == "unreachable"
+    # known unreachable: the next run fails fast with a message for the operator, without
+    # trying the upstream again (which could take up to the connect timeout)
+    started = time.monotonic()
+    _, _, done = await tab.run_to_end("s1", queue_id="q2")
+    assert done["code"] == "upstream_unavailable"
+    assert "is unreachable" in done["error"] and "Check that" in done["error"]
+    assert time.monotonic() - started < connect_timeout
+    async with FakeHermes() as fake:
+        await fake.close()
+        await fake.start(port=port)
+        fake.script = answering("back again")
+
+        # the probe notices by itself (backoff 1 s, 2 s …)
+        async def ready() -> bool:
+            return bool((await srv.health())["upstreams"]["default"]["state"] == "ready")
+
+        await until_async(ready, 10, "the upstream was never seen again", interval=0.2)
+        _, _, done = await tab.run_to_end("s1", queue_id="q3")
+        assert done.get("output") == "back again"
         await tab.close()
-        await srv.stop()
+        await srv.stop()  # before the upstream it talks to
 
 
 async def test_settings_change_updates_the_default_config_on_restart(
-    tmp_path: Path, hermes: FakeHermes
+    make_server: ServerFactory, hermes: FakeHermes
 ) -> None:
-    srv = ChatrunServer(make_settings(tmp_path / "data", "http://127.0.0.1:1", admin_token=ADMIN))
-    await srv.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            admin = Admin(http, srv.url)
-            await admin.call("PATCH", "/default", {"model": "picked-by-admin"})
-            await srv.restart()  # same settings: the admin's change stays
-            _, shown = await admin.call("GET", "/default")
-            assert shown["upstream"]["model"] == "picked-by-admin"
-            await srv.restart(upstream_url=hermes.url)  # the settings changed: they win
-            _, shown = await admin.call("GET", "/default")
-            assert shown["upstream"]["url"] == hermes.url and shown["upstream"]["model"] == ""
-    finally:
-        await srv.stop()
+    srv = await make_server(upstream_url="http://127.0.0.1:1")
+    await srv.admin("PATCH", "/default", {"model": "picked-by-admin"})
+    await srv.restart()  # same settings: the admin's change stays
+    _, shown = await srv.admin("GET", "/default")
+    assert shown["upstream"]["model"] == "picked-by-admin"
+    await srv.restart(upstream_url=hermes.url)  # the settings changed: they win
+    _, shown = await srv.admin("GET", "/default")
+    assert shown["upstream"]["url"] == hermes.url and shown["upstream"]["model"] == ""

@@ -6,100 +6,16 @@ Screenshots of the main states go to ``test-artifacts/``.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
+import aiohttp
 import pytest
+from playwright.async_api import Browser, expect
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import TOKEN, ChatrunServer, free_port, make_settings
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-if not CHROMIUM.exists():
-    if os.environ.get("CHATRUN_REQUIRE_BROWSER") == "1":
-        raise RuntimeError("browser tests need Debian's chromium at /usr/bin/chromium")
-    pytest.skip(
-        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
-    )
-
-from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
+from tests.helpers import TOKEN, ChatrunServer, ServerFactory, free_port, until_async
+from tests.pages import last_assistant, raw_text, send, shot, signed_in_page, words
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-class Watch:
-    """Collects console errors and page errors; a clean page has none."""
-
-    def __init__(self, page: Page) -> None:
-        self.errors: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-
-async def signed_in_page(
-    browser: Browser, server: ChatrunServer, *, width: int = 1280, height: int = 800
-) -> tuple[Page, Watch]:
-    context = await browser.new_context(viewport={"width": width, "height": height})
-    page = await context.new_page()
-    watch = Watch(page)
-    await page.goto(server.url + "/")
-    await page.get_by_test_id("token-input").fill(TOKEN)
-    await page.get_by_test_id("sign-in").click()
-    await expect(page.get_by_test_id("connection-state")).to_have_attribute(
-        "data-state", "connected"
-    )
-    return page, watch
-
-
-async def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
-
-
-def last_assistant(page: Page):  # type: ignore[no-untyped-def]
-    return page.locator('[data-testid="message"][data-role="assistant"]').last
-
-
-async def send(page: Page, text: str) -> None:
-    await page.get_by_test_id("composer").fill(text)
-    await page.get_by_test_id("composer").press("Enter")
-
-
-def words(n: int, delay: float) -> object:
-    async def script(run: FakeRun) -> None:
-        for i in range(n):
-            await run.delta(f"word{i} ")
-            await asyncio.sleep(delay)
-        await run.complete()
-
-    return script
-
-
-async def raw_text(page: Page) -> str:
-    value = await last_assistant(page).get_by_test_id("message-content").get_attribute("data-raw")
-    return value or ""
 
 
 async def test_wrong_token_is_refused_with_a_clear_message(
@@ -256,8 +172,6 @@ async def test_narrow_screen_has_a_sidebar_toggle(
 
 
 async def test_page_is_served_with_security_headers(server: ChatrunServer) -> None:
-    import aiohttp
-
     async with aiohttp.ClientSession() as http, http.get(server.url + "/") as resp:
         assert resp.status == 200
         csp = resp.headers["Content-Security-Policy"]
@@ -331,38 +245,25 @@ async def test_rename_and_delete_from_the_sidebar(
     assert watch.errors == []
 
 
-async def upstream_state(server: ChatrunServer) -> str | None:
-    """The upstream state GET /api/me reports (what the page is told)."""
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(server.url + "/api/me", headers=headers) as resp,
-    ):
-        assert resp.status == 200
-        body = await resp.json()
-    return body["upstream"]["state"] if body.get("upstream") else None
-
-
 async def wait_upstream(server: ChatrunServer, state: str, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await upstream_state(server) != state:
-        assert asyncio.get_running_loop().time() < deadline, f"upstream never {state}"
-        await asyncio.sleep(0.1)
+    """Until ``GET /api/me`` (what the page is told) reports the upstream in ``state``."""
+
+    async def reported() -> bool:
+        status, body = await server.request("GET", "/api/me", token=TOKEN)
+        assert status == 200, body
+        return bool(body.get("upstream")) and body["upstream"]["state"] == state
+
+    await until_async(reported, timeout, f"upstream never {state}", interval=0.1)
 
 
 async def test_unreachable_upstream_is_announced_before_the_first_message(
-    tmp_path: Path, browser: Browser
+    make_server: ServerFactory, browser: Browser
 ) -> None:
     port = free_port()  # nothing listens here (yet)
-    server = ChatrunServer(
-        make_settings(
-            tmp_path / "data", f"http://127.0.0.1:{port}", upstream_probe_max_backoff_s=1.0
-        )
+    server = await make_server(
+        upstream_url=f"http://127.0.0.1:{port}", upstream_probe_max_backoff_s=1.0
     )
     hermes = FakeHermes()
-    await server.start()
     try:
         await wait_upstream(server, "unreachable")
         page, watch = await signed_in_page(browser, server)
@@ -398,5 +299,5 @@ async def test_unreachable_upstream_is_announced_before_the_first_message(
         await send(page, "hello")
         await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
     finally:
-        await server.stop()
+        await server.stop()  # before the upstream it talks to
         await hermes.close()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from playwright.async_api import Browser, expect
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab
-from tests.test_browser import browser, last_assistant, raw_text, send, shot, signed_in_page, words  # noqa: F401
+from tests.helpers import ChatrunServer, TabFactory
+from tests.pages import last_assistant, raw_text, send, shot, signed_in_page, words
+
+pytestmark = pytest.mark.timeout(90)
 
 
 async def test_tools_reasoning_and_markdown(
@@ -140,10 +143,9 @@ async def test_restart_mid_stream_shows_interrupted_text(
 
 
 async def test_sessions_paginate(
-    server: ChatrunServer, hermes: FakeHermes, browser: Browser
+    server: ChatrunServer, hermes: FakeHermes, browser: Browser, tab_factory: TabFactory
 ) -> None:
-    tab = Tab(server.url)
-    await tab.connect()
+    tab = await tab_factory()
     for i in range(55):
         ack = await tab.call(
             "run", {"session_id": f"bulk{i}", "input": f"chat {i}", "queue_id": "q"}
@@ -152,7 +154,6 @@ async def test_sessions_paginate(
     await tab.wait_for(
         lambda evs: len([e for e, _ in evs if e == "run.completed"]) >= 55, timeout=30
     )
-    await tab.close()
     page, watch = await signed_in_page(browser, server)
     items = page.get_by_test_id("session-item")
     await expect(items).to_have_count(50)

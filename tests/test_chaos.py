@@ -12,13 +12,12 @@ import asyncio
 import os
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab, make_settings
+from tests.helpers import ChatrunServer, ServerFactory, Tab, TabFactory, until, until_async
 
 SEED = int(os.environ.get("CHATRUN_CHAOS_SEED", "20261122"))
 TRIALS = int(os.environ.get("CHATRUN_CHAOS_TRIALS", "150"))
@@ -79,7 +78,7 @@ class Client:
         tab = self.tabs[-1][0]
         seqs = [d["seq"] for n, d in tab.events if d.get("session_id") == self.session_id]
         seqs += [self.tabs[-1][1] or 0]
-        return max(seqs)
+        return int(max(seqs))
 
     async def close(self) -> None:
         if self.tabs:
@@ -114,7 +113,7 @@ class Client:
 
 
 async def trial(
-    rng: random.Random, srv: ChatrunServer, upstream: Upstream, witness: Tab, n: int
+    rng: random.Random, srv: ChatrunServer, upstream: Upstream, witness: Tab, probe: Tab, n: int
 ) -> Counter[str]:
     session = f"chaos-{n}"
     runs = rng.randint(1, 3)
@@ -152,18 +151,47 @@ async def trial(
 
     await asyncio.gather(flaky(), meddle())
 
-    def settled(events: list[tuple[str, dict[str, Any]]]) -> bool:
-        ended = {d.get("run_id") for e, d in events if e in TERMINALS}
-        started = {d["run_id"] for e, d in events if e == "run.started"}
-        state = srv.app.hub.sessions.get(session)
-        idle = state is not None and state.active is None and not state.queue
-        return idle and started <= ended
+    async def settled() -> bool:
+        """The session works on nothing and queues nothing (a resume says so), every run the
+        witness saw start has ended, and the database holds the end of every run."""
+        await probe.call("resume", {"session_id": session})
+        resumed = probe.named("resumed", session)[-1]
+        await probe.call("leave", {"session_id": session})
+        if resumed["isWorking"] or resumed["queueLength"]:
+            return False
+        ended = {d.get("run_id") for e, d in witness.events if e in TERMINALS}
+        started = {d["run_id"] for e, d in witness.events if e == "run.started"}
+        unsettled = "SELECT id FROM runs WHERE session_id = ? AND status IN ('running', 'queued')"
+        return started <= ended and not srv.query(unsettled, session)
 
-    await witness.wait_for(settled, timeout=20)
-    await asyncio.sleep(0.12)  # the flush interval, and the last events reaching the client
+    await until_async(settled, timeout=20, what=f"trial {n} never settled")
+    # the last events reach the flaky tab, and the last flush the database
+    last = max(witness.seqs(session), default=0)
+    await until(lambda: client.seen() >= last, what=f"trial {n}: the flaky tab lags")
+    await until(
+        lambda: stored_answers(srv, session).items() >= witnessed_answers(witness, session).items(),
+        what=f"trial {n}: the last flush never came",
+    )
     check(srv, upstream, witness, client, session, acks)
     await client.close()
     return actions
+
+
+def stored_answers(srv: ChatrunServer, session: str) -> dict[str, str]:
+    """The answers of the session's runs as the database holds them."""
+    return {
+        r["run_id"]: r["content"]
+        for r in srv.query(
+            "SELECT run_id, content FROM messages WHERE session_id = ? AND role = 'assistant'",
+            session,
+        )
+    }
+
+
+def witnessed_answers(witness: Tab, session: str) -> dict[str, str]:
+    """The answers of the runs the witness saw start, as it saw them."""
+    started = [d["run_id"] for d in witness.named("run.started", session)]
+    return {run_id: witness.text(run_id) for run_id in started}
 
 
 def check(
@@ -197,13 +225,7 @@ def check(
             left.append(d["run_id"])
     assert left == accepted
     assert all(terminals[run_id] == 1 for run_id in accepted)
-    answers = {
-        r["run_id"]: r["content"]
-        for r in srv.query(
-            "SELECT run_id, content FROM messages WHERE session_id = ? AND role = 'assistant'",
-            session,
-        )
-    }
+    answers = stored_answers(srv, session)
     shown = client.transcript()
     for run_id in started:
         sent = "".join(upstream.plans[rows[run_id]["input"].strip('"')][0])
@@ -217,30 +239,22 @@ def check(
 
 
 @pytest.mark.timeout(600)
-async def test_chaos(tmp_path: Path) -> None:
+async def test_chaos(
+    make_server: ServerFactory, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
     rng = random.Random(SEED)
     upstream = Upstream()
-    async with FakeHermes() as hermes:
-        hermes.script = upstream.script
-        srv = ChatrunServer(
-            make_settings(
-                tmp_path / "data",
-                hermes.url,
-                upstream_idle_timeout_s=0.3,
-                abort_grace_ms=300,
-            )
-        )
-        await srv.start()
-        witness = Tab(srv.url)
-        await witness.connect()
-        actions: Counter[str] = Counter()
-        try:
-            for n in range(TRIALS):
-                actions += await trial(rng, srv, upstream, witness, n)
-        finally:
-            await witness.close()
-            await srv.stop()
-        assert srv.query("PRAGMA integrity_check")[0][0] == "ok"
+    hermes.script = upstream.script
+    srv = await make_server(
+        upstream_url=hermes.url, upstream_idle_timeout_s=0.3, abort_grace_ms=300
+    )
+    witness, probe = await tab_factory(srv), await tab_factory(srv)
+    actions: Counter[str] = Counter()
+    for n in range(TRIALS):
+        actions += await trial(rng, srv, upstream, witness, probe, n)
+    await witness.close()
+    await srv.stop()
+    assert srv.query("PRAGMA integrity_check")[0][0] == "ok"
     print(
         f"\nchaos: seed {SEED}, {TRIALS} trials, upstream endings {dict(upstream.faults)}, "
         f"client actions {dict(actions)}, failures 0"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,15 @@ from server.context.tokens import MESSAGE_OVERHEAD, TokenCounter
 from server.errors import ConfigError
 from server.settings import env_name
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import BOB_TOKEN, ChatrunServer, Tab, make_settings, until
+from tests.helpers import (
+    BOB_TOKEN,
+    ChatrunServer,
+    ServerFactory,
+    Tab,
+    TabFactory,
+    make_settings,
+    until,
+)
 
 LIMIT = 400
 RESERVE = 100
@@ -57,50 +64,24 @@ def sent_tokens(body: dict[str, Any]) -> int:
 
 
 @pytest.fixture
-async def small(tmp_path: Path, hermes: FakeHermes) -> AsyncIterator[ChatrunServer]:
+async def server(make_server: ServerFactory, hermes: FakeHermes) -> ChatrunServer:
     hermes.script = answering
     hermes.summary_script = summarising
-    srv = ChatrunServer(make_settings(tmp_path / "data", hermes.url, **SMALL))
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
+    return await make_server(upstream_url=hermes.url, **SMALL)
 
 
-@pytest.fixture
-async def chat(small: ChatrunServer) -> AsyncIterator[Tab]:
-    tab = Tab(small.url)
-    await tab.connect()
-    try:
-        yield tab
-    finally:
-        await tab.close()
-
-
-async def run(tab: Tab, session: str, text: str) -> dict[str, Any]:
-    ack = await tab.call("run", {"session_id": session, "input": text})
-    assert ack["ok"], ack
-    return await tab.wait_for(
-        lambda ev: next(
-            (
-                (e, d)
-                for e, d in ev
-                if e in ("run.completed", "run.failed", "run.cancelled")
-                and d["run_id"] == ack["run_id"]
-            ),
-            None,
-        )
-    )
+async def run(tab: Tab, session: str, text: str) -> tuple[str, dict[str, Any]]:
+    _, name, data = await tab.run_to_end(session, text)
+    return name, data
 
 
 async def test_long_chat_always_fits_and_extends_its_snapshot(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     summaries_at: list[int] = []
     for i in range(10):
         before = len(hermes.bodies("summary"))
-        name, _ = await run(chat, "long", question(i))
+        name, _ = await run(tab, "long", question(i))
         assert name == "run.completed"
         if len(hermes.bodies("summary")) > before:
             summaries_at.append(i)
@@ -126,10 +107,10 @@ async def test_long_chat_always_fits_and_extends_its_snapshot(
     last = answers[-1]["conversation_history"]
     assert [h["role"] for h in last[-2:]] == ["user", "assistant"]
     assert last[-2]["content"] == question(8)
-    rows = small.query("SELECT summary, last_message_id, message_count FROM context_snapshots")
+    rows = server.query("SELECT summary, last_message_id, message_count FROM context_snapshots")
     assert len(rows) == 1 and rows[0]["summary"].startswith("SUMMARY of")
-    started = chat.named("compression.started")
-    completed = chat.named("compression.completed")
+    started = tab.named("compression.started")
+    completed = tab.named("compression.completed")
     assert len(started) == len(completed) == len(summaries_at)
     done = completed[-1]
     assert done["compressed"] is True and done["llmCompressed"] is True and "error" not in done
@@ -139,73 +120,61 @@ async def test_long_chat_always_fits_and_extends_its_snapshot(
 
 
 async def test_a_restart_keeps_the_snapshot(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab, tab_factory: TabFactory
 ) -> None:
     for i in range(6):
-        await run(chat, "kept", question(i))
+        await run(tab, "kept", question(i))
     assert hermes.bodies("summary")
-    summary = small.query("SELECT summary FROM context_snapshots")[0]["summary"]
-    await chat.close()
-    await small.restart()
-    tab = Tab(small.url)
-    await tab.connect()
-    try:
-        count = len(hermes.bodies("summary"))
-        name, _ = await run(tab, "kept", "short follow-up")
-        assert name == "run.completed"
-        assert len(hermes.bodies("summary")) == count  # reused, not summarised again
-        assert hermes.bodies()[-1]["instructions"] == PREAMBLE + summary
-    finally:
-        await tab.close()
+    summary = server.query("SELECT summary FROM context_snapshots")[0]["summary"]
+    await tab.close()
+    await server.restart()
+    again = await tab_factory()
+    count = len(hermes.bodies("summary"))
+    name, _ = await run(again, "kept", "short follow-up")
+    assert name == "run.completed"
+    assert len(hermes.bodies("summary")) == count  # reused, not summarised again
+    assert hermes.bodies()[-1]["instructions"] == PREAMBLE + summary
 
 
 async def test_a_failing_summary_falls_back_to_recent_turns(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     async def failing(run: FakeRun) -> None:
         await run.fail("model overloaded")
 
     hermes.summary_script = failing
     for i in range(6):
-        name, _ = await run(chat, "fails", question(i))
+        name, _ = await run(tab, "fails", question(i))
         assert name == "run.completed"
-    completed = chat.named("compression.completed")
+    completed = tab.named("compression.completed")
     assert completed and all("model overloaded" in c["error"] for c in completed)
     assert all(c["llmCompressed"] is False for c in completed)
     for body in hermes.bodies():
         assert sent_tokens(body) <= LIMIT and "instructions" not in body
-    assert small.query("SELECT count(*) AS n FROM context_snapshots")[0]["n"] == 0
+    assert server.query("SELECT count(*) AS n FROM context_snapshots")[0]["n"] == 0
 
 
-async def test_a_slow_summary_times_out_and_is_stopped(tmp_path: Path, hermes: FakeHermes) -> None:
-    hermes.script = answering
-
+async def test_a_slow_summary_times_out_and_is_stopped(
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
     async def slow(run: FakeRun) -> None:
         await run.hang()
 
-    srv = ChatrunServer(
-        make_settings(tmp_path / "d", hermes.url, **{**SMALL, "compression_timeout_s": 0.5})
-    )
-    await srv.start()
-    tab = Tab(srv.url)
-    await tab.connect()
-    try:
-        for i in range(4):
-            await run(tab, "slow", question(i))
-        hermes.summary_script = slow
-        earlier = len(hermes.runs)
-        for i in range(4, 6):
-            name, _ = await run(tab, "slow", question(i))
-            assert name == "run.completed"
-        errors = [c.get("error", "") for c in tab.named("compression.completed")]
-        assert any("timed out" in e for e in errors)
-        later = list(hermes.runs.values())[earlier:]
-        summary_runs = [r.run_id for r in later if r.purpose == "summary"]
-        assert summary_runs and set(summary_runs) <= set(hermes.stop_calls)
-        assert all(sent_tokens(b) <= LIMIT for b in hermes.bodies())
-    finally:
-        await tab.close()
-        await srv.stop()
+    await server.restart(compression_timeout_s=0.5)
+    tab = await tab_factory()
+    for i in range(4):
+        await run(tab, "slow", question(i))
+    hermes.summary_script = slow
+    earlier = len(hermes.runs)
+    for i in range(4, 6):
+        name, _ = await run(tab, "slow", question(i))
+        assert name == "run.completed"
+    errors = [c.get("error", "") for c in tab.named("compression.completed")]
+    assert any("timed out" in e for e in errors)
+    later = list(hermes.runs.values())[earlier:]
+    summary_runs = [r.run_id for r in later if r.purpose == "summary"]
+    assert summary_runs and set(summary_runs) <= set(hermes.stop_calls)
+    assert all(sent_tokens(b) <= LIMIT for b in hermes.bodies())
 
 
 async def fill(tab: Tab, session: str, hermes: FakeHermes, gate: asyncio.Event) -> dict[str, Any]:
@@ -219,103 +188,117 @@ async def fill(tab: Tab, session: str, hermes: FakeHermes, gate: asyncio.Event) 
     hermes.summary_script = held
     for i in range(3):
         await run(tab, session, question(i))
-    ack = await tab.call("run", {"session_id": session, "input": question(3)})
+    ack: dict[str, Any] = await tab.call("run", {"session_id": session, "input": question(3)})
     await tab.wait_event("compression.started", run_id=ack["run_id"])
     return ack
 
 
 async def test_abort_during_compression_cancels_the_run(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     gate = asyncio.Event()
-    ack = await fill(chat, "abort", hermes, gate)
-    active = small.app.hub.sessions["abort"].active
-    # the summary request was accepted: an abort asks it to stop
-    await until(lambda: active is not None and active.handle is not None)
-    assert (await chat.call("abort", {"session_id": "abort"}))["aborting"] is True
-    await chat.wait_event("run.cancelled", run_id=ack["run_id"])
-    done = await chat.wait_event("abort.completed", run_id=ack["run_id"])
+    ack = await fill(tab, "abort", hermes, gate)
+    # the summary request was accepted and its events are being read: an abort asks it to stop
+    await until(
+        lambda: any(r.subscribed.is_set() for r in hermes.runs.values() if r.purpose == "summary")
+    )
+    assert (await tab.call("abort", {"session_id": "abort"}))["aborting"] is True
+    await tab.wait_event("run.cancelled", run_id=ack["run_id"])
+    done = await tab.wait_event("abort.completed", run_id=ack["run_id"])
     assert done["synced"] is True
-    completed = chat.named("compression.completed")[-1]
+    completed = tab.named("compression.completed")[-1]
     assert completed["compressed"] is False and completed["error"] == "aborted"
     summary = next(r for r in hermes.runs.values() if r.purpose == "summary")
     assert summary.run_id in hermes.stop_calls
     assert len(hermes.bodies()) == 3  # the aborted run never went upstream
-    assert small.query("SELECT count(*) AS n FROM context_snapshots")[0]["n"] == 0
+    assert server.query("SELECT count(*) AS n FROM context_snapshots")[0]["n"] == 0
 
 
 async def test_resume_during_compression_shows_it(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab, tab_factory: TabFactory
 ) -> None:
     gate = asyncio.Event()
-    ack = await fill(chat, "resume", hermes, gate)
-    other = Tab(small.url)
-    await other.connect()
-    try:
-        await other.call("resume", {"session_id": "resume"})
-        resumed = await other.wait_event("resumed")
-        assert resumed["isWorking"] is True
-        assert [e["event"] for e in resumed["events"]] == ["compression.started"]
-        gate.set()
-        await other.wait_event("compression.completed", run_id=ack["run_id"])
-        await other.wait_event("run.completed", run_id=ack["run_id"])
-    finally:
-        await other.close()
+    ack = await fill(tab, "resume", hermes, gate)
+    other = await tab_factory()
+    await other.call("resume", {"session_id": "resume"})
+    resumed = await other.wait_event("resumed")
+    assert resumed["isWorking"] is True
+    assert [e["event"] for e in resumed["events"]] == ["compression.started"]
+    gate.set()
+    await other.wait_event("compression.completed", run_id=ack["run_id"])
+    await other.wait_event("run.completed", run_id=ack["run_id"])
 
 
 async def test_other_sessions_run_while_one_compresses(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     gate = asyncio.Event()
-    ack = await fill(chat, "busy", hermes, gate)
-    name, _ = await run(chat, "free", "hello")
+    ack = await fill(tab, "busy", hermes, gate)
+    name, _ = await run(tab, "free", "hello")
     assert name == "run.completed"
     gate.set()
-    await chat.wait_event("run.completed", run_id=ack["run_id"])
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
 
 
 async def test_counts_are_computed_once_and_stored(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
-    tokens = small.app.tokens
-    await run(chat, "once", "hello there")
-    calls = []
+    """Two sessions with the same turns: what one's stored counts say, its runs use."""
+
+    async def context_tokens(text: str) -> dict[str, int]:
+        tokens = {}
+        for session in ("same", "edited"):
+            await run(tab, session, text)
+            tokens[session] = tab.named("usage.updated", session)[-1]["contextTokens"]
+        return tokens
+
+    await context_tokens("hello there")
     for i in range(3):
-        before = tokens.calls
-        await run(chat, "once", f"short question {i}")
-        calls.append(tokens.calls - before)
-    # the question; the answer's count is the one the upstream reported (the fake reports
-    # one token per word); nothing is re-counted
-    assert calls == [1, 1, 1]
-    rows = small.query("SELECT role, content, token_count FROM messages WHERE session_id='once'")
-    assert rows
+        await context_tokens(f"short question {i}")
+    # the question counted; the answer's count the one the upstream reported (the fake
+    # reports one token per word)
+    rows = server.query("SELECT role, content, token_count FROM messages")
+    assert len(rows) == 16
     for r in rows:
         expected = COUNTER.count(r["content"]) if r["role"] == "user" else len(r["content"].split())
-        assert r["token_count"] == expected
-    # a message stored without a count is counted once, lazily, and the count saved
-    conn = small.db()
-    conn.execute("UPDATE messages SET token_count = NULL WHERE session_id='once' AND role='user'")
-    conn.commit()
-    conn.close()
-    before = tokens.calls
-    await run(chat, "once", "again")
-    assert tokens.calls - before == 1 + 4  # four old questions counted lazily
-    before = tokens.calls
-    await run(chat, "once", "and again")
-    assert tokens.calls - before == 1
-    assert small.query("SELECT count(*) AS n FROM messages WHERE token_count IS NULL")[0]["n"] == 0
+        assert r["token_count"] == expected, dict(r)
+
+    def edit(sql: str) -> None:
+        conn = server.db()
+        try:
+            conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+
+    # a stored count is used as it is, not counted again
+    edit(
+        "UPDATE messages SET token_count = token_count + 7 "
+        "WHERE session_id = 'edited' AND content = 'hello there'"
+    )
+    tokens = await context_tokens("again")
+    assert tokens["edited"] == tokens["same"] + 7
+    # a message stored without a count is counted, lazily, and the count saved
+    edit("UPDATE messages SET token_count = NULL WHERE session_id = 'edited' AND role = 'user'")
+    tokens = await context_tokens("and again")
+    assert tokens["edited"] == tokens["same"]
+    assert not server.query("SELECT id FROM messages WHERE token_count IS NULL")
+    counts = "SELECT token_count FROM messages WHERE session_id = ? ORDER BY id"
+    assert [r[0] for r in server.query(counts, "edited")] == [
+        r[0] for r in server.query(counts, "same")
+    ]
 
 
 async def test_usage_prefers_upstream_figures_and_counts_otherwise(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     async def reported(run: FakeRun) -> None:
         await run.delta("four words of answer")
         await run.complete(usage={"input_tokens": 123, "output_tokens": 45})
 
     hermes.script = reported
-    await run(chat, "usage", "hello")
-    usage = chat.named("usage.updated")[-1]
+    await run(tab, "usage", "hello")
+    usage = tab.named("usage.updated")[-1]
     assert (usage["inputTokens"], usage["outputTokens"]) == (123, 45)
     assert usage["contextLimit"] == LIMIT
     assert usage["contextTokens"] > COUNTER.count("hello") + COUNTER.count("four words of answer")
@@ -325,15 +308,15 @@ async def test_usage_prefers_upstream_figures_and_counts_otherwise(
         await run._terminal("run.completed", output="four words of answer")
 
     hermes.script = silent
-    name, done = await run(chat, "usage", "hello again")
+    name, done = await run(tab, "usage", "hello again")
     assert name == "run.completed"
-    usage = chat.named("usage.updated")[-1]
+    usage = tab.named("usage.updated")[-1]
     assert usage["outputTokens"] == COUNTER.count("four words of answer")
     # the first answer counts as the 45 tokens its upstream reported
     answer = COUNTER.count("four words of answer")
     assert usage["inputTokens"] == sent_tokens(hermes.bodies()[-1]) - answer + 45
     assert usage["contextTokens"] > usage["inputTokens"]
-    names = [e for e, d in chat.events if d.get("run_id") == done["run_id"]]
+    names = [e for e, d in tab.events if d.get("run_id") == done["run_id"]]
     assert names.index("usage.updated") == names.index("run.completed") - 1
 
     async def thinking(run: FakeRun) -> None:
@@ -342,12 +325,12 @@ async def test_usage_prefers_upstream_figures_and_counts_otherwise(
         await run.complete(usage={"input_tokens": 50, "output_tokens": 60})
 
     hermes.script = thinking
-    await run(chat, "usage", "and a third")
+    await run(tab, "usage", "and a third")
     # the stored answers: the upstream's own figure for a plain answer; counted here when
     # nothing was reported, or when the reported figure covers reasoning too
     counts = [
         r["token_count"]
-        for r in small.query(
+        for r in server.query(
             "SELECT token_count FROM messages WHERE session_id='usage' AND role='assistant' "
             "ORDER BY id"
         )
@@ -359,46 +342,44 @@ async def test_usage_prefers_upstream_figures_and_counts_otherwise(
     ]
 
 
-async def test_compact_now(small: ChatrunServer, hermes: FakeHermes, chat: Tab) -> None:
+async def test_compact_now(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab, tab_factory: TabFactory
+) -> None:
     for i in range(3):
-        await run(chat, "manual", question(i))
+        await run(tab, "manual", question(i))
     assert not hermes.bodies("summary")
-    assert (await chat.call("compact", {"session_id": 5}))["error"]["code"] == "bad_request"
-    assert (await chat.call("compact", ["manual"]))["error"]["code"] == "bad_request"
-    missing = await chat.call("compact", {"session_id": "nope"})
+    assert (await tab.call("compact", {"session_id": 5}))["error"]["code"] == "bad_request"
+    assert (await tab.call("compact", ["manual"]))["error"]["code"] == "bad_request"
+    missing = await tab.call("compact", {"session_id": "nope"})
     assert missing["error"]["code"] == "not_found"
-    bob = Tab(small.url, BOB_TOKEN)
-    await bob.connect()
-    try:
-        refused = await bob.call("compact", {"session_id": "manual"})
-        assert refused["error"]["code"] == "forbidden"
-    finally:
-        await bob.close()
+    bob = await tab_factory(token=BOB_TOKEN)
+    refused = await bob.call("compact", {"session_id": "manual"})
+    assert refused["error"]["code"] == "forbidden"
     assert not hermes.bodies("summary")
 
-    ack = await chat.call("compact", {"session_id": "manual"})
+    ack = await tab.call("compact", {"session_id": "manual"})
     assert ack["ok"] is True and ack["contextLimit"] == LIMIT
     assert len(hermes.bodies("summary")) == 1
-    completed = await chat.wait_event("compression.completed")
+    completed = await tab.wait_event("compression.completed")
     assert completed["llmCompressed"] is True and "seq" in completed
-    await run(chat, "manual", "what did we talk about?")
+    await run(tab, "manual", "what did we talk about?")
     assert hermes.bodies()[-1]["instructions"].startswith(PREAMBLE + "SUMMARY of")
 
 
 async def test_compact_refuses_while_a_run_is_active(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     async def slow(run: FakeRun) -> None:
         await run.delta("working")
         await run.wait_stop()
 
     hermes.script = slow
-    ack = await chat.call("run", {"session_id": "active", "input": "hi"})
-    await chat.wait_event("message.delta", run_id=ack["run_id"])
-    busy = await chat.call("compact", {"session_id": "active"})
+    ack = await tab.call("run", {"session_id": "active", "input": "hi"})
+    await tab.wait_event("message.delta", run_id=ack["run_id"])
+    busy = await tab.call("compact", {"session_id": "active"})
     assert busy["ok"] is False and busy["error"]["code"] == "busy"
-    await chat.call("abort", {"session_id": "active"})
-    await chat.wait_event("run.cancelled", run_id=ack["run_id"])
+    await tab.call("abort", {"session_id": "active"})
+    await tab.wait_event("run.cancelled", run_id=ack["run_id"])
 
 
 def document(fruit: str = "") -> str:
@@ -409,7 +390,7 @@ def document(fruit: str = "") -> str:
 
 
 async def test_an_oversize_message_is_read_in_parts(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     running = 0
     most = 0
@@ -428,9 +409,9 @@ async def test_an_oversize_message_is_read_in_parts(
     hermes.extract_script = extract
     text = document("banana")
     assert COUNTER.count(text) > 3 * LIMIT
-    name, _ = await run(chat, "big", text)
+    name, _ = await run(tab, "big", text)
     assert name == "run.completed"
-    progress = [(d["done"], d["total"]) for d in chat.named("context.chunking")]
+    progress = [(d["done"], d["total"]) for d in tab.named("context.chunking")]
     total = progress[0][1]
     assert total == len(hermes.bodies("extract")) > 3
     assert progress == [(i, total) for i in range(total + 1)]
@@ -440,19 +421,19 @@ async def test_an_oversize_message_is_read_in_parts(
     assert sent["input"].endswith("Question: Which fruit did the shop sell?")
     assert all(sent_tokens(b) <= LIMIT for b in [*hermes.bodies("extract"), sent])
     # the whole message is kept in the transcript
-    stored = small.query("SELECT content FROM messages WHERE session_id='big' AND role='user'")
+    stored = server.query("SELECT content FROM messages WHERE session_id='big' AND role='user'")
     assert stored[0]["content"] == text
 
 
 async def test_an_oversize_message_with_nothing_relevant_says_so(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     async def nothing(run: FakeRun) -> None:
         await run.delta("NONE")
         await run.complete()
 
     hermes.extract_script = nothing
-    name, _ = await run(chat, "none", document())
+    name, _ = await run(tab, "none", document())
     assert name == "run.completed"
     sent = hermes.bodies()[-1]["input"]
     assert "none of them held anything relevant" in sent
@@ -460,37 +441,34 @@ async def test_an_oversize_message_with_nothing_relevant_says_so(
 
 
 async def test_an_input_that_cannot_fit_fails_clearly(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     async def everything(run: FakeRun) -> None:
         await run.delta(run.body["input"].split("Part of the message:\n", 1)[1])
         await run.complete()
 
     hermes.extract_script = everything
-    name, failed = await run(chat, "huge", document("pear"))
+    name, failed = await run(tab, "huge", document("pear"))
     assert name == "run.failed"
     assert failed["code"] == "input_too_large" and "do not fit" in failed["error"]
     assert not hermes.bodies()  # no answer run was started
     # a question longer than the window cannot even be read in parts
-    name, failed = await run(chat, "huge", "word " * 2000)
+    name, failed = await run(tab, "huge", "word " * 2000)
     assert name == "run.failed" and failed["code"] == "input_too_large"
 
 
 async def test_a_profile_window_overrides_the_default(
-    small: ChatrunServer, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
-    await small.app.upstream_admin.create(
-        {"name": "wide", "kind": "hermes", "url": hermes.url, "context_length": 5000}
+    status, created = await server.admin(
+        "POST", "", {"name": "wide", "kind": "hermes", "url": hermes.url, "context_length": 5000}
     )
+    assert status == 201, created
     for profile, limit in (("wide", 5000), (None, LIMIT)):
-        tab = Tab(small.url, profile=profile)
-        await tab.connect()
-        try:
-            name, _ = await run(tab, f"window-{limit}", "hello")
-            assert name == "run.completed"
-            assert tab.named("usage.updated")[-1]["contextLimit"] == limit
-        finally:
-            await tab.close()
+        tab = await tab_factory(profile=profile)
+        name, _ = await run(tab, f"window-{limit}", "hello")
+        assert name == "run.completed"
+        assert tab.named("usage.updated")[-1]["contextLimit"] == limit
 
 
 @pytest.mark.parametrize(
@@ -510,18 +488,18 @@ def test_context_settings_are_checked(tmp_path: Path, field: str, value: Any) ->
 
 
 async def test_abort_while_reading_parts_stops_them(
-    small: ChatrunServer, hermes: FakeHermes, chat: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
     async def hanging(run: FakeRun) -> None:
         await run.hang()
 
     hermes.extract_script = hanging
-    ack = await chat.call("run", {"session_id": "parts", "input": document("kiwi")})
-    await chat.wait_event("context.chunking", run_id=ack["run_id"], done=0)
+    ack = await tab.call("run", {"session_id": "parts", "input": document("kiwi")})
+    await tab.wait_event("context.chunking", run_id=ack["run_id"], done=0)
     await hermes.wait_for_run(2)  # both concurrent parts are with the upstream
-    await chat.call("abort", {"session_id": "parts"})
-    await chat.wait_event("run.cancelled", run_id=ack["run_id"])
-    await chat.wait_event("abort.completed", run_id=ack["run_id"])
+    await tab.call("abort", {"session_id": "parts"})
+    await tab.wait_event("run.cancelled", run_id=ack["run_id"])
+    await tab.wait_event("abort.completed", run_id=ack["run_id"])
     extracts = [r.run_id for r in hermes.runs.values() if r.purpose == "extract"]
     assert len(extracts) == 2 and set(extracts) <= set(hermes.stop_calls)
     assert not hermes.bodies()

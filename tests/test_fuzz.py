@@ -67,8 +67,10 @@ bad_ids = st.one_of(
     st.just(deep),
     st.binary(max_size=16),
 )
-extra = st.dictionaries(st.text(max_size=10).filter(lambda k: k not in KNOWN), junk, max_size=3)
 KNOWN = {"session_id", "input", "queue_id", "last_seq", "model", "instructions", "title"}
+extra: st.SearchStrategy[dict[str, Any]] = st.dictionaries(
+    st.text(max_size=10).filter(lambda k: k not in KNOWN), junk, max_size=3
+)
 
 
 def with_bad(
@@ -159,6 +161,8 @@ class Background:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     async def start(self) -> None:
+        # Not the ``make_server`` fixture: this server lives on the thread's loop for the whole
+        # module (hypothesis drives the examples from plain functions).
         self.hermes = FakeHermes()
         await self.hermes.start()
         self.server = ChatrunServer(

@@ -2,62 +2,56 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
 import pytest
 import socketio
 
 from tests.fakes.hermes import FakeHermes
-from tests.helpers import BOB_TOKEN, NS, TOKEN, ChatrunServer, Tab, make_settings
+from tests.helpers import (
+    BOB_TOKEN,
+    NS,
+    TOKEN,
+    ChatrunServer,
+    ServerFactory,
+    Tab,
+    TabFactory,
+    until,
+    until_async,
+)
 
 
 @pytest.fixture
-async def limited(tmp_path: Path, hermes: FakeHermes) -> AsyncIterator[ChatrunServer]:
-    srv = ChatrunServer(
-        make_settings(
-            tmp_path / "data",
-            hermes.url,
-            rate_runs_per_min=6.0,
-            rate_runs_burst=3,
-            max_connections_per_user=2,
-            max_message_bytes=65_536,
-            cors_origins="https://app.example",
-        )
+async def server(make_server: ServerFactory, hermes: FakeHermes) -> ChatrunServer:
+    return await make_server(
+        upstream_url=hermes.url,
+        rate_runs_per_min=6.0,
+        rate_runs_burst=3,
+        max_connections_per_user=2,
+        max_message_bytes=65_536,
+        cors_origins="https://app.example",
     )
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
 
 
-async def test_runs_are_rate_limited_per_user(limited: ChatrunServer) -> None:
-    alice, bob = Tab(limited.url), Tab(limited.url, BOB_TOKEN)
-    await alice.connect()
-    await bob.connect()
-    try:
-        for i in range(3):
-            ack = await alice.call("run", {"session_id": f"a{i}", "input": "hi"})
-            assert ack["ok"], ack
-        ack = await alice.call("run", {"session_id": "a3", "input": "hi"})
-        assert ack["ok"] is False and ack["error"]["code"] == "rate_limited"
-        assert "per minute" in ack["error"]["message"] and "try again in" in ack["error"]["message"]
-        assert not limited.query("SELECT id FROM sessions WHERE id = 'a3'")  # nothing changed
-        ack = await bob.call("run", {"session_id": "b0", "input": "hi"})
-        assert ack["ok"], ack  # another user has a bucket of their own
-    finally:
-        await alice.close()
-        await bob.close()
+async def test_runs_are_rate_limited_per_user(
+    server: ChatrunServer, tab_factory: TabFactory
+) -> None:
+    alice, bob = await tab_factory(), await tab_factory(token=BOB_TOKEN)
+    for i in range(3):
+        ack = await alice.call("run", {"session_id": f"a{i}", "input": "hi"})
+        assert ack["ok"], ack
+    ack = await alice.call("run", {"session_id": "a3", "input": "hi"})
+    assert ack["ok"] is False and ack["error"]["code"] == "rate_limited"
+    assert "per minute" in ack["error"]["message"] and "try again in" in ack["error"]["message"]
+    assert not server.query("SELECT id FROM sessions WHERE id = 'a3'")  # nothing changed
+    ack = await bob.call("run", {"session_id": "b0", "input": "hi"})
+    assert ack["ok"], ack  # another user has a bucket of their own
 
 
-async def test_connections_are_capped_per_user(limited: ChatrunServer) -> None:
-    tabs = [Tab(limited.url), Tab(limited.url)]
-    for tab in tabs:
-        await tab.connect()
-    refused = Tab(limited.url)
+async def test_connections_are_capped_per_user(
+    server: ChatrunServer, tab_factory: TabFactory
+) -> None:
+    first, _ = await tab_factory(), await tab_factory()
+    refused = Tab(server.url)
     reasons: list[object] = []
     refused.sio.on("connect_error", reasons.append, namespace=NS)
     with pytest.raises(socketio.exceptions.ConnectionError):
@@ -65,44 +59,37 @@ async def test_connections_are_capped_per_user(limited: ChatrunServer) -> None:
     assert reasons and reasons[0]["data"] == {"code": "rate_limited"}  # type: ignore[index]
     assert "too many connections" in reasons[0]["message"]  # type: ignore[index]
     await refused.close()
-    bob = Tab(limited.url, BOB_TOKEN)
-    await bob.connect()  # other users are not affected
-    await tabs[0].close()
-    await asyncio.sleep(0.1)
-    again = Tab(limited.url)
-    await again.connect()  # a closed tab frees its place
-    for tab in (tabs[1], bob, again):
-        await tab.close()
+    await tab_factory(token=BOB_TOKEN)  # other users are not affected
+    await first.close()
+
+    async def closed() -> bool:
+        return (await server.metrics())["chatrun_connected_sockets"] == 2
+
+    await until_async(closed, what="the server never saw the tab go")
+    await tab_factory()  # a closed tab frees its place
 
 
 async def test_a_message_over_the_size_limit_closes_the_connection_and_changes_nothing(
-    limited: ChatrunServer,
+    server: ChatrunServer, tab: Tab
 ) -> None:
-    tab = Tab(limited.url)
-    await tab.connect()
-    try:
-        await tab.sio.emit("run", {"session_id": "big", "input": "x" * 100_000}, namespace=NS)
-        async with asyncio.timeout(5):
-            while tab.sio.connected:
-                await asyncio.sleep(0.05)
-    finally:
-        await tab.close()
-    assert not limited.query("SELECT id FROM sessions WHERE id = 'big'")
+    await tab.sio.emit("run", {"session_id": "big", "input": "x" * 100_000}, namespace=NS)
+    await until(lambda: not tab.sio.connected, what="the connection stayed open")
+    assert not server.query("SELECT id FROM sessions WHERE id = 'big'")
 
 
-async def test_cors_allows_only_the_own_and_listed_origins(limited: ChatrunServer) -> None:
+async def test_cors_allows_only_the_own_and_listed_origins(server: ChatrunServer) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession() as http:
         for origin, allowed in (("https://app.example", True), ("https://evil.example", False)):
             async with http.get(
-                limited.url + "/api/me", headers={**headers, "Origin": origin}
+                server.url + "/api/me", headers={**headers, "Origin": origin}
             ) as response:
                 assert response.status == 200
                 assert response.headers.get("Access-Control-Allow-Origin") == (
                     origin if allowed else None
                 )
             async with http.options(
-                limited.url + "/api/sessions",
+                server.url + "/api/sessions",
                 headers={"Origin": origin, "Access-Control-Request-Method": "GET"},
             ) as response:
                 assert response.status == (204 if allowed else 403)
@@ -113,7 +100,7 @@ async def test_cors_allows_only_the_own_and_listed_origins(limited: ChatrunServe
         client = socketio.AsyncClient(reconnection=False)
         try:
             await client.connect(
-                limited.url,
+                server.url,
                 auth={"token": TOKEN},
                 namespaces=[NS],
                 transports=["websocket"],
@@ -128,5 +115,5 @@ async def test_cors_allows_only_the_own_and_listed_origins(limited: ChatrunServe
         return True
 
     assert await connect("https://app.example")
-    assert await connect(limited.url)  # the server's own origin
+    assert await connect(server.url)  # the server's own origin
     assert not await connect("https://evil.example")

@@ -3,6 +3,7 @@ migrations, the README's links ↔ the docs."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from db.models import Base
 from db.store import Store
 from server.errors import ConfigError
 from server.settings import Settings, setting_docs
-from tests.fakes.hermes import FakeHermes
-from tests.helpers import ChatrunServer, Tab
+from tests.fakes.hermes import FakeHermes, FakeRun
+from tests.helpers import ChatrunServer, ServerFactory, Tab, until_async
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_SETTINGS = [
@@ -102,54 +103,60 @@ async def test_models_match_the_migrated_schema(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_healthz_reports_database_and_upstream(server: ChatrunServer) -> None:
-    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as response:
-        assert response.status == 200
-        body = await response.json()
+async def test_healthz_reports_database_upstream_and_runs(
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+) -> None:
+    body = await server.health()
     assert body["status"] == "ok" and body["database"] == "ok"
     assert body["upstreams"]["default"]["kind"] == "hermes"
     assert body["upstreams"]["default"]["state"] in ("ready", "unreachable")
+    assert body["active_runs"] == 0 and body["sessions_in_memory"] == 0
+    assert isinstance(body["socket_shortcuts"], bool)
+    gate = asyncio.Event()
+
+    async def held(run: FakeRun) -> None:
+        await run.delta("working")
+        await gate.wait()
+        await run.complete()
+
+    hermes.script = held
+    ack = await tab.call("run", {"session_id": "h", "input": "hi"})
+    await tab.wait_event("message.delta", run_id=ack["run_id"])
+    body = await server.health()
+    assert body["active_runs"] == 1 and body["sessions_in_memory"] == 1
+    gate.set()
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
+    await until_async(lambda: _no_active_runs(server), what="/healthz kept counting a finished run")
 
 
-async def test_generated_token_is_stored_in_the_data_dir(tmp_path: Path) -> None:
-    settings = Settings(port=0, data_dir=tmp_path / "d")
-    srv = ChatrunServer(settings)
-    await srv.start()
-    try:
-        token_file = tmp_path / "d" / "auth_token"
-        token = token_file.read_text().strip()
-        assert len(token) == 64 and oct(token_file.stat().st_mode & 0o777) == "0o600"
-        async with aiohttp.ClientSession() as http, http.get(srv.url + "/healthz") as resp:
-            assert resp.status == 200
-    finally:
-        await srv.stop()
+async def _no_active_runs(server: ChatrunServer) -> bool:
+    return bool((await server.health())["active_runs"] == 0)
+
+
+async def test_generated_token_is_stored_in_the_data_dir(make_server: ServerFactory) -> None:
+    srv = await make_server(upstream_url="http://127.0.0.1:1", auth_tokens="")
+    token_file = srv.settings.data_dir / "auth_token"
+    token = token_file.read_text().strip()
+    assert len(token) == 64 and oct(token_file.stat().st_mode & 0o777) == "0o600"
+    status, _ = await srv.request("GET", "/api/me", token=token)
+    assert status == 200
     # the same token is kept across restarts
-    srv = ChatrunServer(settings)
-    await srv.start()
-    await srv.stop()
+    await srv.restart()
     assert token_file.read_text().strip() == token
+    status, _ = await srv.request("GET", "/api/me", token=token)
+    assert status == 200
 
 
 async def test_metrics_are_exposed_in_prometheus_format(
-    server: ChatrunServer, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab
 ) -> None:
-    tab = Tab(server.url)
-    await tab.connect()
-    try:
-        ack = await tab.call("run", {"session_id": "m", "input": "hi"})
-        await tab.wait_event("run.completed", run_id=ack["run_id"])
-        await tab.call("resume", {"session_id": "m"})
-        async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as resp:
-            assert resp.status == 200
-            assert resp.headers["Content-Type"].startswith("text/plain")
-            body = await resp.text()
-    finally:
-        await tab.close()
-    values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in body.splitlines()
-        if line and not line.startswith("#")
-    }
+    ack = await tab.call("run", {"session_id": "m", "input": "hi"})
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
+    await tab.call("resume", {"session_id": "m"})
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+    values = await server.metrics()
     assert values["chatrun_connected_sockets"] == 1
     assert values['chatrun_runs_total{outcome="completed"}'] == 1
     assert values["chatrun_deltas_relayed_total"] == 6
@@ -162,9 +169,7 @@ async def test_metrics_are_exposed_in_prometheus_format(
 
 async def test_metrics_token_protects_metrics(server: ChatrunServer) -> None:
     await server.restart(metrics_token="m-secret")
-    async with aiohttp.ClientSession() as http:
-        async with http.get(server.url + "/metrics") as resp:
-            assert resp.status == 401
-        headers = {"Authorization": "Bearer m-secret"}
-        async with http.get(server.url + "/metrics", headers=headers) as resp:
-            assert resp.status == 200
+    status, _ = await server.request("GET", "/metrics")
+    assert status == 401
+    status, _ = await server.request("GET", "/metrics", token="m-secret")
+    assert status == 200

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import TOKEN, ChatrunServer, Tab
+from tests.helpers import TOKEN, ChatrunServer, Tab, TabFactory, free_port, until, until_async
 
 ROOT = Path(__file__).resolve().parent.parent
+FLUSH_DEADLINE = 5.0  # seconds: fifty flush intervals of the server processes (0.1 s)
 
 
 async def first_streams_forever(run: FakeRun) -> None:
@@ -27,11 +28,10 @@ async def first_streams_forever(run: FakeRun) -> None:
 
 
 async def test_restart_mid_run_interrupts_it_and_runs_the_next_queued(
-    server: ChatrunServer, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     hermes.script = first_streams_forever
-    tab = Tab(server.url)
-    await tab.connect()
+    tab = await tab_factory()
     first = await tab.call("run", {"session_id": "rs", "input": "first"})
     second = await tab.call("run", {"session_id": "rs", "input": "second"})
     await tab.wait_for(lambda ev: tab.text(first["run_id"]) == "partial text")
@@ -60,18 +60,61 @@ async def test_restart_mid_run_interrupts_it_and_runs_the_next_queued(
 
 
 async def _wait_for_status(server: ChatrunServer, run_id: str, status: str) -> None:
-    async with asyncio.timeout(10):
-        while True:
-            rows = server.query("SELECT status FROM runs WHERE id = ?", run_id)
-            if rows and rows[0]["status"] == status:
-                return
-            await asyncio.sleep(0.05)
+    await until(
+        lambda: (
+            [r["status"] for r in server.query("SELECT status FROM runs WHERE id = ?", run_id)]
+            == [status]
+        ),
+        what=f"run {run_id} never {status}",
+    )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _stored_answer(db: sqlite3.Connection, run_id: str) -> str:
+    """An answer as stored: its content plus chunks not yet folded into it."""
+    row = db.execute(
+        "SELECT m.content || coalesce((SELECT group_concat(text, '') FROM (SELECT text "
+        "FROM message_chunks WHERE message_id = m.id AND field = 'content' ORDER BY id)), "
+        "'') FROM messages m WHERE run_id = ? AND role = 'assistant'",
+        (run_id,),
+    ).fetchone()
+    return str(row[0])
+
+
+def _stored(data_dir: Path, run_id: str) -> str:
+    """A run's answer in the database a server process writes."""
+    db = sqlite3.connect(data_dir / "chatrun.db", timeout=30)
+    try:
+        return _stored_answer(db, run_id)
+    finally:
+        db.close()
+
+
+def _stored_starts_with(data_dir: Path, run_id: str, text: str) -> bool:
+    return _stored(data_dir, run_id).startswith(text)
+
+
+def _words_shown(tab: Tab, run_id: str, words: int, _: object = None) -> bool:
+    return tab.text(run_id).count(" ") >= words
+
+
+def _status(data_dir: Path, run_id: str) -> str | None:
+    """A run's status in the database a server process writes."""
+    db = sqlite3.connect(data_dir / "chatrun.db", timeout=30)
+    try:
+        row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
 
 
 async def _start_process(
@@ -94,33 +137,34 @@ async def _start_process(
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                await writer.wait_closed()
-                return proc
-            except OSError:
-                assert proc.poll() is None, (data_dir.parent / "server.log").read_text()
-                await asyncio.sleep(0.1)
+
+    async def started() -> bool:
+        assert proc.poll() is None, (data_dir.parent / "server.log").read_text()
+        return await _listening(port)
+
+    await until_async(started, timeout=30, what="the server process never listened")
+    return proc
 
 
 async def test_sigkill_mid_stream_keeps_the_delivered_text(
-    tmp_path: Path, hermes: FakeHermes
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     hermes.script = first_streams_forever
-    port = _free_port()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     data_dir = tmp_path / "data"
     proc = await _start_process(data_dir, hermes.url, port)
     try:
-        tab = Tab(f"http://127.0.0.1:{port}")
-        await tab.connect()
+        tab = await tab_factory(url)
         first = await tab.call("run", {"session_id": "kill", "input": "first"})
         second = await tab.call("run", {"session_id": "kill", "input": "second"})
         await tab.wait_for(lambda ev: tab.text(first["run_id"]) == "partial text")
         seen_seq = max(tab.seqs("kill"))
-        await asyncio.sleep(0.3)  # more than one flush interval
+        # delivered text is in the database by the next flush (0.1 s here; generous margin)
+        await until(
+            lambda: _stored(data_dir, first["run_id"]) == "partial text",
+            what="the delivered text was never flushed",
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         await tab.close()
@@ -139,19 +183,14 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
         db.close()
 
         proc = await _start_process(data_dir, hermes.url, port)
-        tab = Tab(f"http://127.0.0.1:{port}")
-        await tab.connect()
+        tab = await tab_factory(url)
         resumed_seq = (await tab.call("resume", {"session_id": "kill"}))["seq"]
         assert resumed_seq >= seen_seq  # never goes back
+        await until(
+            lambda: _status(data_dir, second["run_id"]) == "completed",
+            what="the queued run never completed",
+        )
         db = sqlite3.connect(data_dir / "chatrun.db")
-        async with asyncio.timeout(10):
-            while (
-                db.execute("SELECT status FROM runs WHERE id = ?", (second["run_id"],)).fetchone()[
-                    0
-                ]
-                != "completed"
-            ):
-                await asyncio.sleep(0.05)
         status = db.execute("SELECT status FROM runs WHERE id = ?", (first["run_id"],)).fetchone()[
             0
         ]
@@ -178,7 +217,7 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
 
 
 async def test_stop_lets_runs_finish_within_the_grace_and_keeps_the_queue(
-    server: ChatrunServer, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     await server.restart(shutdown_grace_s=5.0)
 
@@ -189,14 +228,13 @@ async def test_stop_lets_runs_finish_within_the_grace_and_keeps_the_queue(
         await run.complete()
 
     hermes.script = script
-    tab = Tab(server.url)
-    await tab.connect()
+    tab = await tab_factory()
     first = await tab.call("run", {"session_id": "grace", "input": "first"})
     second = await tab.call("run", {"session_id": "grace", "input": "second"})
     await tab.wait_event("message.delta", run_id=first["run_id"])
     await server.stop()
     await tab.close()
-    statuses = dict(server.query("SELECT id, status FROM runs"))
+    statuses = {r["id"]: r["status"] for r in server.query("SELECT id, status FROM runs")}
     assert statuses == {first["run_id"]: "completed", second["run_id"]: "queued"}
     content = server.query(
         "SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'", first["run_id"]
@@ -207,12 +245,11 @@ async def test_stop_lets_runs_finish_within_the_grace_and_keeps_the_queue(
 
 
 async def test_stop_interrupts_runs_that_outlast_the_grace(
-    server: ChatrunServer, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     await server.restart(shutdown_grace_s=0.3)
     hermes.script = first_streams_forever
-    tab = Tab(server.url)
-    await tab.connect()
+    tab = await tab_factory()
     ack = await tab.call("run", {"session_id": "outlast", "input": "first"})
     await tab.wait_for(lambda ev: tab.text(ack["run_id"]) == "partial text")
     await server.stop()
@@ -220,19 +257,8 @@ async def test_stop_interrupts_runs_that_outlast_the_grace(
     assert server.query("SELECT status FROM runs")[0]["status"] == "interrupted"
 
 
-def _stored_answer(db: sqlite3.Connection, run_id: str) -> str:
-    """An answer as stored: its content plus chunks not yet folded into it."""
-    row = db.execute(
-        "SELECT m.content || coalesce((SELECT group_concat(text, '') FROM (SELECT text "
-        "FROM message_chunks WHERE message_id = m.id AND field = 'content' ORDER BY id)), "
-        "'') FROM messages m WHERE run_id = ? AND role = 'assistant'",
-        (run_id,),
-    ).fetchone()
-    return str(row[0])
-
-
 async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
-    tmp_path: Path, hermes: FakeHermes
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     async def steady(run: FakeRun) -> None:
         for i in range(1000):
@@ -241,20 +267,24 @@ async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
         await run.complete()
 
     hermes.script = steady
-    port = _free_port()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     data_dir = tmp_path / "data"
-    flush = 0.1
     killed: list[tuple[str, str, str]] = []  # (run id, text seen a flush before, text at kill)
     for cycle in range(4):
         proc = await _start_process(data_dir, hermes.url, port)
         try:
-            tab = Tab(f"http://127.0.0.1:{port}")
-            await tab.connect()
+            tab = await tab_factory(url)
             ack = await tab.call("run", {"session_id": "crashes", "input": f"c{cycle}"})
             run_id, want = ack["run_id"], 10 + cycle
-            await tab.wait_for(lambda ev, t=tab, r=run_id, n=want: t.text(r).count(" ") >= n)
+            await tab.wait_for(partial(_words_shown, tab, run_id, want))
             safe = tab.text(ack["run_id"])
-            await asyncio.sleep(flush * 4)  # past the next flush after `safe` was seen, with slack
+            # what a client was shown is stored by the next flush (0.1 s; generous margin)
+            await until(
+                partial(_stored_starts_with, data_dir, run_id, safe),
+                timeout=FLUSH_DEADLINE,
+                what=f"cycle {cycle}: the text shown was not flushed",
+            )
             seen = tab.text(ack["run_id"])
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -271,8 +301,7 @@ async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
 
     proc = await _start_process(data_dir, hermes.url, port)
     try:
-        tab = Tab(f"http://127.0.0.1:{port}")
-        await tab.connect()
+        tab = await tab_factory(url)
         await tab.call("resume", {"session_id": "crashes"})
         ack = await tab.call("run", {"session_id": "crashes", "input": "after"})
         await tab.wait_event("run.started", run_id=ack["run_id"])
@@ -293,7 +322,7 @@ async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
 
 
 async def test_sigterm_lets_the_run_finish_keeps_the_queue_and_exits_cleanly(
-    tmp_path: Path, hermes: FakeHermes
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     async def short(run: FakeRun) -> None:
         for i in range(30):
@@ -302,11 +331,10 @@ async def test_sigterm_lets_the_run_finish_keeps_the_queue_and_exits_cleanly(
         await run.complete()
 
     hermes.script = short
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "data"
     proc = await _start_process(data_dir, hermes.url, port, CHATRUN_SHUTDOWN_GRACE_S="5")
-    tab = Tab(f"http://127.0.0.1:{port}")
-    await tab.connect()
+    tab = await tab_factory(f"http://127.0.0.1:{port}")
     first = await tab.call("run", {"session_id": "term", "input": "first"})
     second = await tab.call("run", {"session_id": "term", "input": "second"})
     await tab.wait_event("message.delta", run_id=first["run_id"])
@@ -314,9 +342,7 @@ async def test_sigterm_lets_the_run_finish_keeps_the_queue_and_exits_cleanly(
     assert await asyncio.to_thread(proc.wait, 10) == 0
     done = await tab.wait_event("run.completed", run_id=first["run_id"])
     assert done["output"] == "".join(f"{i} " for i in range(30))
-    async with asyncio.timeout(5):
-        while tab.sio.connected:  # the server closed the socket
-            await asyncio.sleep(0.05)
+    await until(lambda: not tab.sio.connected, what="the server never closed the socket")
     await tab.close()
     db = sqlite3.connect(data_dir / "chatrun.db")
     try:

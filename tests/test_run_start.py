@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.fakes.hermes import FakeHermes
-from tests.helpers import BOB_TOKEN, ChatrunServer, Tab, until
+from tests.helpers import BOB_TOKEN, ChatrunServer, Tab, TabFactory, until
 
 
 async def finish(tab: Tab, session: str, text: str, **extra: str) -> dict[str, object]:
@@ -27,7 +27,7 @@ async def test_first_runs_of_new_sessions_each_reach_the_agent_once(
 
 
 async def test_a_run_that_is_not_accepted_never_reaches_the_agent(
-    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab, tab_factory: TabFactory
 ) -> None:
     # the same message twice at once on a new session: one run, one request upstream
     first, second = await asyncio.gather(
@@ -41,29 +41,21 @@ async def test_a_run_that_is_not_accepted_never_reaches_the_agent(
     # request: nothing reaches the agent
     await tab.close()
     await server.restart()
-    bob = Tab(server.url, BOB_TOKEN)
-    await bob.connect()
-    try:
-        refused = await bob.call("run", {"session_id": "twice", "input": "mine now"})
-    finally:
-        await bob.close()
+    bob = await tab_factory(token=BOB_TOKEN)
+    refused = await bob.call("run", {"session_id": "twice", "input": "mine now"})
     assert refused["error"]["code"] == "forbidden"
     assert [b["input"] for b in hermes.bodies()] == ["hello"]
     assert not hermes.stop_calls
 
 
 async def test_a_stored_session_is_sent_with_its_history(
-    server: ChatrunServer, hermes: FakeHermes, tab: Tab
+    server: ChatrunServer, hermes: FakeHermes, tab: Tab, tab_factory: TabFactory
 ) -> None:
     await finish(tab, "kept", "remember the word apple")
     await tab.close()
     await server.restart()  # the session is stored, and no longer in memory
-    again = Tab(server.url)
-    await again.connect()
-    try:
-        await finish(again, "kept", "which word?")
-    finally:
-        await again.close()
+    again = await tab_factory()
+    await finish(again, "kept", "which word?")
     bodies = hermes.bodies()
     assert len(bodies) == 2 and not hermes.stop_calls
     history = bodies[1]["conversation_history"]

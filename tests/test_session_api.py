@@ -9,9 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TabFactory
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import BOB_TOKEN, TOKEN, ChatrunServer, Tab, free_port
+from tests.helpers import BOB_TOKEN, TOKEN, ChatrunServer, Tab, TabFactory, free_port, until_async
 
 
 class Api:
@@ -54,16 +53,15 @@ async def test_me_says_when_the_upstream_is_unreachable(
 ) -> None:
     await server.restart(upstream_url=f"http://127.0.0.1:{free_port()}")
     api = Api(http, server.url, TOKEN)
-
     upstream: dict[str, Any] = {}
-    deadline = asyncio.get_running_loop().time() + 10
-    while asyncio.get_running_loop().time() < deadline:
+
+    async def unreachable() -> bool:
+        nonlocal upstream
         _, body = await api.call("GET", "/api/me")
         upstream = body["upstream"]
-        if upstream["state"] == "unreachable":
-            break
-        await asyncio.sleep(0.05)
-    assert upstream["state"] == "unreachable", upstream
+        return bool(upstream["state"] == "unreachable")
+
+    await until_async(unreachable, what="never reported unreachable")
     assert "CHATRUN_UPSTREAM_URL" in upstream["hint"] and upstream["detail"]
 
 
@@ -116,8 +114,8 @@ async def test_messages_page_backwards_and_show_the_stream_in_flight(
     hermes.script = script
     ack = await tab.call("run", {"session_id": "pages", "input": "live"})
     await tab.wait_event("message.delta", run_id=ack["run_id"])
-    await asyncio.sleep(0.05)
     status, body = await api.call("GET", "/api/sessions/pages/messages")
+    assert status == 200
     assert body["messages"][-1]["content"] == "so far"
     assert body["messages"][-1]["status"] == "streaming"
     status, listing = await api.call("GET", "/api/sessions")

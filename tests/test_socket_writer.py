@@ -2,7 +2,8 @@
 written at once while the websocket writer waits with nothing queued, queued otherwise; the
 writer itself wakes one turn after a packet is queued, stops at the closing mark and gives up
 after the ping timeout. Engine.IO's own socket and websocket handler run here; only the
-websocket itself is a stand-in that records the frames."""
+websocket itself is a stand-in that records the frames. (A whole server's sockets, with the
+writer and without it, are tested in ``test_socket_shortcuts.py``.)"""
 
 from __future__ import annotations
 
@@ -21,10 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.transport.socket_writer import DIRECT_MAX_BYTES, quicken
-from tests.conftest import TabFactory
-from tests.fakes.hermes import FakeHermes
-from tests.helpers import ChatrunServer
-from tests.test_streaming import WORDS, stream_words
 
 
 class Wire:
@@ -75,17 +72,26 @@ async def upgraded() -> AsyncIterator[tuple[AsyncSocket, Wire]]:
     """A socket on a websocket, with Engine.IO's handler and writer running."""
     sock, wire = new_socket(), Wire()
     handler = asyncio.ensure_future(sock._websocket_handler(wire))
-    await writer_waits(sock)
+    await writer_waits(sock, wire)
     yield sock, wire
     wire.incoming.put_nowait(None)  # the client goes away
     await asyncio.wait_for(handler, 5)
 
 
-async def writer_waits(sock: AsyncSocket) -> None:
-    """Until the writer has written everything queued and waits again."""
-    for _ in range(200):
-        if sock.queue.empty() and sock.chatrun_direct.waiting:  # type: ignore[attr-defined]
-            return
+QUIET_TURNS = 20  # far more turns than the writer takes between taking packets and waiting
+
+
+async def writer_waits(sock: AsyncSocket, wire: Wire) -> None:
+    """Until the writer has written everything queued and waits again: the queue stays empty
+    and no frame is written for ``QUIET_TURNS`` turns of the loop (no timer runs meanwhile)."""
+    quiet, written = 0, -1
+    for _ in range(100 * QUIET_TURNS):
+        if sock.queue.empty() and len(wire.frames) == written:
+            quiet += 1
+            if quiet == QUIET_TURNS:
+                return
+        else:
+            quiet, written = 0, len(wire.frames)
         await asyncio.sleep(0)
     raise AssertionError("the writer never waited")
 
@@ -107,7 +113,7 @@ async def test_a_packet_for_a_waiting_websocket_writer_is_written_before_send_re
     assert sock.queue.empty()
     await sock.send(message("b"))
     assert texts(wire.frames) == ["a", "b"]
-    assert sock.chatrun_direct.written == 2  # type: ignore[attr-defined]
+    assert sock.queue.empty()
 
 
 async def test_a_packet_queues_behind_packets_the_writer_has_not_taken_yet(
@@ -117,7 +123,7 @@ async def test_a_packet_queues_behind_packets_the_writer_has_not_taken_yet(
     sock.queue.put_nowait(message("a"))  # queued; the writer wakes on the next turn
     await sock.send(message("b"))
     assert wire.frames == [] and sock.queue.qsize() == 2
-    await writer_waits(sock)
+    await writer_waits(sock, wire)
     assert texts(wire.frames) == ["a", "b"]
 
 
@@ -128,25 +134,28 @@ async def test_a_packet_queues_while_the_writer_is_writing(
     wire.drains = True
     sock.queue.put_nowait(message("a"))
     sock.queue.put_nowait(message("b"))
-    while not wire.frames:  # the writer took both and is writing the first
+    for _ in range(QUIET_TURNS):  # the writer took both and is writing the first
+        if wire.frames:
+            break
         await asyncio.sleep(0)
-    assert sock.queue.empty() and not sock.chatrun_direct.waiting  # type: ignore[attr-defined]
+    assert texts(wire.frames) == ["a"] and sock.queue.empty()
     await sock.send(message("c"))
-    await writer_waits(sock)
+    assert texts(wire.frames) == ["a"]  # not written by the sender: the writer is busy
+    await writer_waits(sock, wire)
     assert texts(wire.frames) == ["a", "b", "c"]
 
 
 async def test_a_writer_outlives_the_ping_timeout_while_packets_are_written_directly() -> None:
     sock, wire = new_socket(timeout=0.2), Wire()
     handler = asyncio.ensure_future(sock._websocket_handler(wire))
-    await writer_waits(sock)
+    await writer_waits(sock, wire)
     for n in range(12):  # three ping timeouts, with only direct writes
         await sock.send(message(f"d{n}"))
         wire.incoming.put_nowait(eio_packet.Packet(eio_packet.PONG).encode())  # the client
         await asyncio.sleep(0.05)
     assert not handler.done()
     sock.queue.put_nowait(message("queued"))
-    await writer_waits(sock)
+    await writer_waits(sock, wire)
     assert [t for t in texts(wire.frames) if t] == [f"d{n}" for n in range(12)] + ["queued"]
     wire.incoming.put_nowait(None)
     await asyncio.wait_for(handler, 5)
@@ -158,16 +167,19 @@ async def test_a_slow_client_or_a_large_packet_goes_through_the_queue(
     sock, wire = upgraded
     wire.buffered = 1  # the client has not read what was written before
     await sock.send(message("slow"))
-    assert wire.frames == []
-    await writer_waits(sock)
+    assert wire.frames == []  # queued, not written by the sender
+    await writer_waits(sock, wire)
     wire.buffered = 0
     big, wide = "x" * DIRECT_MAX_BYTES, "é" * (DIRECT_MAX_BYTES // 2)  # bytes, not characters
     await sock.send(message(big))
-    await sock.send(message(wide))
     assert texts(wire.frames) == ["slow"]
-    await writer_waits(sock)
+    await writer_waits(sock, wire)
+    await sock.send(message(wide))
+    assert texts(wire.frames) == ["slow", big]
+    await writer_waits(sock, wire)
     assert texts(wire.frames) == ["slow", big, wide]
-    assert sock.chatrun_direct.written == 0  # type: ignore[attr-defined]
+    await sock.send(message("small"))  # and a small one is written at once again
+    assert texts(wire.frames) == ["slow", big, wide, "small"]
 
 
 async def test_a_socket_on_long_polling_always_queues() -> None:
@@ -176,8 +188,7 @@ async def test_a_socket_on_long_polling_always_queues() -> None:
     waiting = asyncio.ensure_future(sock.poll())  # a long-polling request waits
     await asyncio.sleep(0.01)
     await sock.send(message("a"))
-    assert [p.data for p in await waiting] == ["a"]
-    assert sock.chatrun_direct.written == 0  # type: ignore[attr-defined]
+    assert [p.data for p in await waiting] == ["a"]  # through the long-polling request
 
 
 async def test_while_a_socket_upgrades_packets_go_to_its_long_polling_request() -> None:
@@ -215,7 +226,7 @@ def test_frames_leave_in_the_order_they_were_sent_whatever_the_timing(
     async def scenario() -> None:
         sock, wire = new_socket(), Wire()
         handler = asyncio.ensure_future(sock._websocket_handler(wire))
-        await writer_waits(sock)
+        await writer_waits(sock, wire)
         rng = random.Random(seed)
         sent: dict[int, list[str]] = {s: [] for s in range(4)}
 
@@ -234,7 +245,7 @@ def test_frames_leave_in_the_order_they_were_sent_whatever_the_timing(
 
         await asyncio.gather(*(sender(s) for s in range(4)))
         wire.buffered = 0
-        await writer_waits(sock)
+        await writer_waits(sock, wire)
         got = texts(wire.frames)
         assert sorted(got) == sorted(t for texts_ in sent.values() for t in texts_)
         for who, mine in sent.items():
@@ -276,39 +287,3 @@ async def test_a_writer_waiting_past_the_ping_timeout_gives_up() -> None:
     sock = new_socket(timeout=0.05)
     with pytest.raises(eio_exceptions.QueueEmpty):
         await sock.poll()
-
-
-async def test_the_servers_sockets_write_directly_and_carry_a_whole_run_in_order(
-    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
-) -> None:
-    hermes.script = stream_words
-    tab = await tab_factory()
-    sockets = list(server.app.sio.eio.sockets.values())
-    assert len(sockets) == 1 and isinstance(sockets[0], AsyncSocket)
-    assert sockets[0].poll.__func__ is not AsyncSocket.poll  # type: ignore[attr-defined]
-    ack = await tab.call("run", {"session_id": "quick", "input": "hello"})
-    assert ack["ok"] is True
-    await tab.wait_event("run.completed", run_id=ack["run_id"])
-    assert tab.text(ack["run_id"]) == "".join(WORDS)
-    seqs = tab.seqs("quick")
-    assert seqs == list(range(1, len(seqs) + 1))
-    assert sockets[0].chatrun_direct.written > 0  # type: ignore[attr-defined]
-
-
-async def test_a_socket_that_upgrades_from_long_polling_carries_a_whole_run_in_order(
-    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
-) -> None:
-    hermes.script = stream_words
-    tab = await tab_factory(transports=["polling", "websocket"])
-    for _ in range(100):  # the client upgrades shortly after connecting
-        if tab.sio.transport() == "websocket":
-            break
-        await asyncio.sleep(0.02)
-    assert tab.sio.transport() == "websocket"
-    ack = await tab.call("run", {"session_id": "upgraded", "input": "hello"})
-    await tab.wait_event("run.completed", run_id=ack["run_id"])
-    assert tab.text(ack["run_id"]) == "".join(WORDS)
-    seqs = tab.seqs("upgraded")
-    assert seqs == list(range(1, len(seqs) + 1))
-    (sock,) = server.app.sio.eio.sockets.values()
-    assert sock.chatrun_direct.written > 0

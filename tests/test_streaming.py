@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import TabFactory
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab, until
+from tests.helpers import ChatrunServer, Tab, TabFactory, until
 
 WORDS = [f"w{i} " for i in range(40)]
 
@@ -58,7 +57,6 @@ async def test_run_streams_to_two_tabs_with_consecutive_seq(
     usage = first.named("usage.updated")[-1]
     assert usage["inputTokens"] == 12 and usage["outputTokens"] == 40
 
-    await asyncio.sleep(0.15)  # one flush interval
     rows = server.query("SELECT role, content, status, run_id FROM messages ORDER BY id")
     assert [(r["role"], r["content"], r["status"]) for r in rows] == [
         ("user", "Hi there", "complete"),
@@ -161,7 +159,7 @@ async def test_stringified_content_array_output_gets_parsed_content(
 
 
 async def test_coalescing_window_merges_deltas_and_keeps_the_text(
-    server: ChatrunServer, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     await server.restart(coalesce_window_ms=150)
 
@@ -172,18 +170,14 @@ async def test_coalescing_window_merges_deltas_and_keeps_the_text(
         await run.complete()
 
     hermes.script = script
-    tab = Tab(server.url)
-    await tab.connect()
-    try:
-        ack = await tab.call("run", {"session_id": "window", "input": "go"})
-        await tab.wait_event("run.completed", run_id=ack["run_id"])
-        deltas = tab.named("message.delta")
-        assert "".join(d["delta"] for d in deltas) == "".join(f"{i}," for i in range(30))
-        assert len(deltas) <= 6  # about one event per window instead of 30
-        seqs = tab.seqs("window")
-        assert seqs == list(range(1, len(seqs) + 1))
-    finally:
-        await tab.close()
+    tab = await tab_factory()
+    ack = await tab.call("run", {"session_id": "window", "input": "go"})
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
+    deltas = tab.named("message.delta")
+    assert "".join(d["delta"] for d in deltas) == "".join(f"{i}," for i in range(30))
+    assert len(deltas) <= 6  # about one event per window instead of 30
+    seqs = tab.seqs("window")
+    assert seqs == list(range(1, len(seqs) + 1))
 
 
 async def test_reasoning_that_only_repeats_the_answer_is_not_shown_as_reasoning(

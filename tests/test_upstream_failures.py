@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from pathlib import Path
 
+import aiohttp
 import pytest
 
 from server.errors import UpstreamError
-from server.upstream.base import UpstreamRequest
+from server.upstream.base import UpstreamConfig, UpstreamRequest
+from server.upstream.hermes import HermesUpstream
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, Tab, free_port, make_settings
-
-TERMINALS = ("run.completed", "run.failed", "run.cancelled")
+from tests.helpers import TERMINALS, ChatrunServer, Tab, TabFactory, free_port
 
 
 def terminals(tab: Tab, run_id: str) -> list[str]:
@@ -78,20 +76,14 @@ async def test_upstream_401_is_not_retried(
 
 
 async def test_connection_refused_fails_fast_with_a_helpful_message(
-    server: ChatrunServer, hermes: FakeHermes
+    server: ChatrunServer, tab_factory: TabFactory
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     await server.restart(upstream_url=f"http://127.0.0.1:{port}")
-    tab = Tab(server.url)
-    await tab.connect()
-    try:
-        failed = await fail_case(tab, "refused")
-        assert failed["code"] == "upstream_unavailable"
-        assert f"127.0.0.1:{port}" in str(failed["error"])
-    finally:
-        await tab.close()
+    tab = await tab_factory()
+    failed = await fail_case(tab, "refused")
+    assert failed["code"] == "upstream_unavailable"
+    assert f"127.0.0.1:{port}" in str(failed["error"])
 
 
 async def test_dropped_stream_fails_and_keeps_the_text(
@@ -106,14 +98,15 @@ async def test_dropped_stream_fails_and_keeps_the_text(
     hermes.script = script
     failed = await fail_case(tab, "drop")
     assert failed["code"] == "upstream_disconnected"
-    await asyncio.sleep(0.1)
     rows = server.query("SELECT content, status FROM messages WHERE role = 'assistant'")
     assert [(r["content"], r["status"]) for r in rows] == [("half an answer", "failed")]
     run = server.query("SELECT status, error_code FROM runs")[0]
     assert (run["status"], run["error_code"]) == ("failed", "upstream_disconnected")
 
 
-async def test_keepalive_only_upstream_times_out(server: ChatrunServer, hermes: FakeHermes) -> None:
+async def test_keepalive_only_upstream_times_out(
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
     await server.restart(upstream_idle_timeout_s=0.5)
 
     async def script(run: FakeRun) -> None:
@@ -123,21 +116,17 @@ async def test_keepalive_only_upstream_times_out(server: ChatrunServer, hermes: 
             await asyncio.sleep(0.1)
 
     hermes.script = script
-    tab = Tab(server.url)
-    await tab.connect()
-    try:
-        failed = await fail_case(tab, "silent")
-        assert failed["code"] == "upstream_timeout"
-        run = hermes.runs[next(iter(hermes.runs))]
-        await asyncio.wait_for(run.client_disconnected.wait(), 2)
-        rows = server.query("SELECT content FROM messages WHERE role = 'assistant'")
-        assert rows[0]["content"] == "started"
-    finally:
-        await tab.close()
+    tab = await tab_factory()
+    failed = await fail_case(tab, "silent")
+    assert failed["code"] == "upstream_timeout"
+    run = hermes.runs[next(iter(hermes.runs))]
+    await asyncio.wait_for(run.client_disconnected.wait(), 5)
+    rows = server.query("SELECT content FROM messages WHERE role = 'assistant'")
+    assert rows[0]["content"] == "started"
 
 
 async def test_hanging_upstream_times_out_and_the_next_run_goes_on(
-    server: ChatrunServer, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     await server.restart(upstream_idle_timeout_s=0.5)
 
@@ -148,16 +137,12 @@ async def test_hanging_upstream_times_out_and_the_next_run_goes_on(
         await run.complete()
 
     hermes.script = script
-    tab = Tab(server.url)
-    await tab.connect()
-    try:
-        first = await tab.call("run", {"session_id": "hang", "input": "hang"})
-        second = await tab.call("run", {"session_id": "hang", "input": "next"})
-        failed = await tab.wait_event("run.failed", run_id=first["run_id"])
-        assert failed["code"] == "upstream_timeout" and failed["queue_remaining"] == 1
-        await tab.wait_event("run.completed", run_id=second["run_id"])
-    finally:
-        await tab.close()
+    tab = await tab_factory()
+    first = await tab.call("run", {"session_id": "hang", "input": "hang"})
+    second = await tab.call("run", {"session_id": "hang", "input": "next"})
+    failed = await tab.wait_event("run.failed", run_id=first["run_id"])
+    assert failed["code"] == "upstream_timeout" and failed["queue_remaining"] == 1
+    await tab.wait_event("run.completed", run_id=second["run_id"])
 
 
 async def test_malformed_frame_fails_the_run(
@@ -208,35 +193,24 @@ async def test_failures_do_not_affect_other_sessions(
 
 
 async def test_the_reaper_ends_a_run_stuck_where_no_timeout_reaches(
-    tmp_path: Path, hermes: FakeHermes
+    server: ChatrunServer, hermes: FakeHermes, tab_factory: TabFactory
 ) -> None:
     """The run request hangs inside the connect timeout but past the idle timeout: the
     stale-run reaper ends the run, and the session's queue goes on."""
-    srv = ChatrunServer(
-        make_settings(
-            tmp_path / "data",
-            hermes.url,
-            upstream_idle_timeout_s=1.0,
-            upstream_connect_timeout_s=30.0,
-        )
-    )
-    await srv.start()
-    tab = Tab(srv.url)
-    await tab.connect()
-    try:
-        hermes.post_delay = 4.0
-        started = time.monotonic()
-        first = await tab.call("run", {"session_id": "stuck", "input": "a", "queue_id": "q1"})
-        second = await tab.call("run", {"session_id": "stuck", "input": "b", "queue_id": "q2"})
-        failed = await tab.wait_event("run.failed", run_id=first["run_id"])
-        assert failed["code"] == "upstream_timeout" and "no progress" in failed["error"]
-        assert time.monotonic() - started < 5
-        hermes.post_delay = 0.0
-        await tab.wait_event("run.started", run_id=second["run_id"], timeout=15)
-        await tab.wait_event("run.completed", run_id=second["run_id"], timeout=15)
-    finally:
-        await tab.close()
-        await srv.stop()
+    await server.restart(upstream_idle_timeout_s=1.0, upstream_connect_timeout_s=30.0)
+    tab = await tab_factory()
+    hermes.post_delay = 4.0
+    started = time.monotonic()
+    first = await tab.call("run", {"session_id": "stuck", "input": "a", "queue_id": "q1"})
+    second = await tab.call("run", {"session_id": "stuck", "input": "b", "queue_id": "q2"})
+    failed = await tab.wait_event("run.failed", run_id=first["run_id"])
+    assert failed["code"] == "upstream_timeout" and "no progress" in failed["error"]
+    # the reaper ends it about 2 s in (idle timeout and as much slack); the upstream would
+    # have answered at 4 s
+    assert time.monotonic() - started < hermes.post_delay
+    hermes.post_delay = 0.0
+    await tab.wait_event("run.started", run_id=second["run_id"], timeout=15)
+    await tab.wait_event("run.completed", run_id=second["run_id"], timeout=15)
 
 
 STEADY = [f"s{i} " for i in range(60)]
@@ -283,44 +257,47 @@ async def matrix_script(run: FakeRun) -> None:
     ],
 )
 async def test_each_fault_ends_clearly_without_touching_a_session_beside_it(
-    server: ChatrunServer, hermes: FakeHermes, kind: str, terminal: str, code: str | None
+    server: ChatrunServer,
+    hermes: FakeHermes,
+    tab_factory: TabFactory,
+    kind: str,
+    terminal: str,
+    code: str | None,
 ) -> None:
     await server.restart(upstream_idle_timeout_s=0.5, abort_grace_ms=300)
     hermes.script = matrix_script
     hermes.ignore_stop = kind == "ignores-stop"
-    tab = Tab(server.url)
-    await tab.connect()
-    try:
-        steady = await tab.call("run", {"session_id": f"b-{kind}", "input": "steady"})
-        await tab.wait_event("message.delta", run_id=steady["run_id"])
-        started = time.monotonic()
-        if kind.startswith("http"):  # the run request itself is refused (twice: one retry)
-            hermes.post_statuses = [int(kind[4:])] * 2
-        faulty = await tab.call("run", {"session_id": f"a-{kind}", "input": kind})
-        if terminal == "run.cancelled":  # only an abort ends these
-            await tab.wait_for(lambda ev: "more" in tab.text(faulty["run_id"]))
-            await tab.call("abort", {"session_id": f"a-{kind}"})
-        end = await tab.wait_event(terminal, run_id=faulty["run_id"])
-        assert time.monotonic() - started < 3
-        if code is not None:
-            assert end["code"] == code and end["error"]
-        await asyncio.sleep(0.1)
-        assert terminals(tab, faulty["run_id"]) == [terminal]
-        shown = tab.text(faulty["run_id"])
-        assert shown.startswith("" if kind.startswith("http") else "kept ")
-        stored = server.query(
-            "SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'",
-            faulty["run_id"],
-        )[0]["content"]
-        assert stored == shown
-        done = await tab.wait_event("run.completed", run_id=steady["run_id"])
-        assert done["output"] == "".join(STEADY) == tab.text(steady["run_id"])
-    finally:
-        await tab.close()
+    tab = await tab_factory()
+    steady = await tab.call("run", {"session_id": f"b-{kind}", "input": "steady"})
+    await tab.wait_event("message.delta", run_id=steady["run_id"])
+    started = time.monotonic()
+    if kind.startswith("http"):  # the run request itself is refused (twice: one retry)
+        hermes.post_statuses = [int(kind[4:])] * 2
+    faulty = await tab.call("run", {"session_id": f"a-{kind}", "input": kind})
+    if terminal == "run.cancelled":  # only an abort ends these
+        await tab.wait_for(lambda ev: "more" in tab.text(faulty["run_id"]))
+        await tab.call("abort", {"session_id": f"a-{kind}"})
+    end = await tab.wait_event(terminal, run_id=faulty["run_id"])
+    # within a few of the limits that end it (idle timeout 0.5 s, abort grace 0.3 s,
+    # retry backoff 0.05 s): generous for a loaded machine
+    assert time.monotonic() - started < 3
+    if code is not None:
+        assert end["code"] == code and end["error"]
+    await asyncio.sleep(0.1)  # time for a second terminal event, which must not come
+    assert terminals(tab, faulty["run_id"]) == [terminal]
+    shown = tab.text(faulty["run_id"])
+    assert shown.startswith("" if kind.startswith("http") else "kept ")
+    stored = server.query(
+        "SELECT content FROM messages WHERE run_id = ? AND role = 'assistant'",
+        faulty["run_id"],
+    )[0]["content"]
+    assert stored == shown
+    done = await tab.wait_event("run.completed", run_id=steady["run_id"])
+    assert done["output"] == "".join(STEADY) == tab.text(steady["run_id"])
 
 
 async def test_a_hung_or_absent_upstream_fails_within_the_connect_timeout(
-    server: ChatrunServer,
+    server: ChatrunServer, tab_factory: TabFactory
 ) -> None:
     await server.restart(upstream_connect_timeout_s=0.5)
 
@@ -338,23 +315,19 @@ async def test_a_hung_or_absent_upstream_fails_within_the_connect_timeout(
 
     hung = await asyncio.start_server(silent, "127.0.0.1", 0)
     hung_port = hung.sockets[0].getsockname()[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
-    admin = server.app.upstream_admin
-    for name, port in (("hung", hung_port), ("dead", dead_port)):
-        await admin.create({"name": name, "kind": "hermes", "url": f"http://127.0.0.1:{port}"})
+    for name, port in (("hung", hung_port), ("dead", free_port())):
+        body = {"name": name, "kind": "hermes", "url": f"http://127.0.0.1:{port}"}
+        status, created = await server.admin("POST", "", body)
+        assert status == 201, created
     try:
         for name, code in (("hung", "upstream_timeout"), ("dead", "upstream_unavailable")):
-            tab = Tab(server.url, profile=name)
-            await tab.connect()
-            try:
-                started = time.monotonic()
-                failed = await fail_case(tab, f"s-{name}")
-                assert failed["code"] == code, failed
-                assert time.monotonic() - started < 3
-            finally:
-                await tab.close()
+            tab = await tab_factory(profile=name)
+            started = time.monotonic()
+            failed = await fail_case(tab, f"s-{name}")
+            assert failed["code"] == code, failed
+            # the connect timeout (0.5 s) and one retry, with a generous margin
+            assert time.monotonic() - started < 3
+            await tab.close()
     finally:
         release.set()
         await asyncio.gather(*handlers)
@@ -363,7 +336,7 @@ async def test_a_hung_or_absent_upstream_fails_within_the_connect_timeout(
 
 
 async def test_an_unreachable_upstream_is_explained_once_however_often_runs_fail(
-    server: ChatrunServer,
+    server: ChatrunServer, tab_factory: TabFactory
 ) -> None:
     port = free_port()
     await server.restart(upstream_url=f"http://127.0.0.1:{port}")
@@ -375,22 +348,24 @@ async def test_an_unreachable_upstream_is_explained_once_however_often_runs_fail
         assert message.count("Check") == 1, message
         assert ".." not in message and ". ." not in message, message
 
-    tab = Tab(server.url)
-    await tab.connect()
-    try:
-        # the first failure, then fail-fast ones built from what upstream health kept of it
-        for i in range(3):
-            failed = await fail_case(tab, f"down-{i}")
-            assert failed["code"] == "upstream_unavailable", failed
-            explained_once(str(failed["error"]))
-    finally:
-        await tab.close()
-    detail = server.app.upstream_health.get("default").detail
+    tab = await tab_factory()
+    # the first failure, then fail-fast ones built from what upstream health kept of it
+    for i in range(3):
+        failed = await fail_case(tab, f"down-{i}")
+        assert failed["code"] == "upstream_unavailable", failed
+        explained_once(str(failed["error"]))
+    # /healthz keeps the cause alone, in a few words
+    detail = (await server.health())["upstreams"]["default"]["detail"]
     assert detail and "Check" not in detail and "default" not in detail, detail
-    # the adapter's own refusal reads the same
+    # an adapter's own refusal reads the same
     request = UpstreamRequest(session_id="s", input="hi", history=[], instructions=None, model=None)
-    with pytest.raises(UpstreamError) as caught:
-        await server.app.upstreams.get("default").start(request)
+    config = UpstreamConfig(name="default", kind="hermes", url=server.settings.upstream_url)
+    async with aiohttp.ClientSession() as http:
+        adapter = HermesUpstream(
+            config, http, connect_timeout=2, read_timeout=5, retry_backoff=0.05
+        )
+        with pytest.raises(UpstreamError) as caught:
+            await adapter.start(request)
     assert caught.value.code == "upstream_unavailable"
     explained_once(caught.value.message)
     assert "connection refused" in caught.value.message

@@ -12,7 +12,7 @@ import pytest
 import socketio
 
 from tests.fakes.hermes import FakeHermes
-from tests.helpers import NS, ChatrunServer, Tab, make_settings
+from tests.helpers import ServerFactory, Tab, TabFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,9 @@ def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_users_add_list_revoke(tmp_path: Path, hermes: FakeHermes) -> None:
+async def test_users_add_list_revoke(
+    tmp_path: Path, hermes: FakeHermes, make_server: ServerFactory, tab_factory: TabFactory
+) -> None:
     data_dir = tmp_path / "data"
     added = cli(data_dir, "add", "carol")
     assert added.returncode == 0, added.stderr
@@ -44,26 +46,15 @@ async def test_users_add_list_revoke(tmp_path: Path, hermes: FakeHermes) -> None
     db.close()
     assert token not in stored and all(len(h) == 64 for h in stored)
 
-    server = ChatrunServer(make_settings(data_dir, hermes.url))
-    await server.start()
-    try:
-        tab = Tab(server.url, token=token)
-        await tab.connect()
-        ack = await tab.call("run", {"session_id": "carols", "input": "hi"})
-        await tab.wait_event("run.completed", run_id=ack["run_id"])
-        await tab.close()
-        assert cli(data_dir, "revoke", "carol").returncode == 0
-        assert cli(data_dir, "revoke", "carol").returncode == 1
-        assert "carol\trevoked" in cli(data_dir, "list").stdout
-        refused = socketio.AsyncClient(reconnection=False)
-        with pytest.raises(socketio.exceptions.ConnectionError):
-            await refused.connect(
-                server.url,
-                auth={"token": token},
-                namespaces=[NS],
-                transports=["websocket"],
-                wait_timeout=3,
-            )
-        await refused.disconnect()
-    finally:
-        await server.stop()
+    server = await make_server(upstream_url=hermes.url, data_dir=data_dir)
+    tab = await tab_factory(server, token=token)
+    ack = await tab.call("run", {"session_id": "carols", "input": "hi"})
+    await tab.wait_event("run.completed", run_id=ack["run_id"])
+    await tab.close()
+    assert cli(data_dir, "revoke", "carol").returncode == 0
+    assert cli(data_dir, "revoke", "carol").returncode == 1
+    assert "carol\trevoked" in cli(data_dir, "list").stdout
+    refused = Tab(server.url, token=token)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await refused.connect()
+    await refused.close()
