@@ -4,6 +4,7 @@ are what the store queries with, and a test checks they match the migrated schem
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     ForeignKey,
     Index,
@@ -150,3 +151,26 @@ class ContextSnapshot(Base):
     covered_tokens: Mapped[int] = mapped_column(Integer)  # their token count
     summary_tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class Node(Base):
+    """A server process sharing the database, with its lease (times on the database's clock)."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    address: Mapped[str] = mapped_column(String(256))
+
+
+class SessionOwner(Base):
+    """Which node runs a session's queue; ``fence`` grows on every change of owner and is
+    kept when a node lets a session go (``node_id`` NULL), so it is never reused."""
+
+    __tablename__ = "session_owners"
+
+    session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    fence: Mapped[int] = mapped_column(BigInteger)
+    since: Mapped[float] = mapped_column(Float)

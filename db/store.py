@@ -1,7 +1,7 @@
 """The store: the database opened and migrated, with one repository per noun.
 
     store.users  store.sessions  store.runs  store.messages  store.snapshots
-    store.upstream_configs  store.flush(batch)
+    store.upstream_configs  store.owners  store.flush(batch)
 
 Every write goes through the group commit (``db.commit``); on SQLite, batches of new runs and
 flushes are written in one trip to a writer thread of their own (``db.sqlite``).
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.database import Database
 from db.messages import Messages
+from db.ownership import Ownership
 from db.records import FlushBatch
 from db.runs import Runs
 from db.sessions import Sessions
@@ -32,6 +33,7 @@ class Store:
         self.messages = Messages(self.db)
         self.snapshots = Snapshots(self.db, self.messages)
         self.upstream_configs = UpstreamConfigs(self.db)
+        self.owners = Ownership(self.db)  # several nodes: leases and session owners
 
     @property
     def url(self) -> str:

@@ -7,16 +7,20 @@ README's settings table is checked against this declaration by the test suite.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from db.engine import default_url
 from server.errors import ConfigError
 
 PREFIX = "CHATRUN_"
 UPSTREAM_KINDS = ("hermes", "openai", "lmstudio")
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -141,6 +145,24 @@ class Settings:
     chunk_concurrency: int = _setting(
         2, "Parts of an oversize message read by the upstream at the same time."
     )
+    redis_url: str = _setting(
+        "",
+        "Redis URL (`redis://host:6379/0`); set, this process is one node of several sharing "
+        "a PostgreSQL database (needs `CHATRUN_DATABASE_URL=postgresql+asyncpg://…`).",
+    )
+    redis_prefix: str = _setting(
+        "chatrun", "Prefix of every Redis key and channel of this cluster."
+    )
+    node_id: str = _setting(
+        "",
+        "This node's id among several (letters, digits, `.`, `-`, `_`); default: generated "
+        "per process.",
+    )
+    node_lease_s: float = _setting(
+        10.0,
+        "Seconds a node's lease lasts; renewed every third of it. Another node takes over the "
+        "sessions of a node whose lease ran out.",
+    )
 
     @property
     def message_bytes(self) -> int:
@@ -220,6 +242,29 @@ class Settings:
             raise ConfigError("CHATRUN_PORT must be between 0 and 65535")
         if self.auth_tokens:
             parse_user_tokens(self.auth_tokens)
+        self._validate_cluster()
+
+    def _validate_cluster(self) -> None:
+        if self.node_lease_s < 1:
+            raise ConfigError("CHATRUN_NODE_LEASE_S must be at least 1")
+        if self.node_id and not _NODE_ID.fullmatch(self.node_id):
+            raise ConfigError(
+                "CHATRUN_NODE_ID may hold only letters, digits, `.`, `-` and `_` (1-64)"
+            )
+        if not _NODE_ID.fullmatch(self.redis_prefix):
+            raise ConfigError(
+                "CHATRUN_REDIS_PREFIX may hold only letters, digits, `.`, `-` and `_` (1-64)"
+            )
+        if not self.redis_url:
+            return
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("CHATRUN_REDIS_URL must start with redis://, rediss:// or unix://")
+        if make_url(self.resolved_database_url).get_backend_name() != "postgresql":
+            raise ConfigError(
+                "CHATRUN_REDIS_URL runs several nodes, which share one PostgreSQL database: "
+                "SQLite has a single writer. Set CHATRUN_DATABASE_URL=postgresql+asyncpg://…, "
+                "or unset CHATRUN_REDIS_URL for a single node."
+            )
 
     @property
     def resolved_database_url(self) -> str:
