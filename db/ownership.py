@@ -127,7 +127,8 @@ class Ownership:
                 await conn.execute(
                     text(
                         "INSERT INTO session_owners (session_id, node_id, fence, since) "
-                        f"SELECT CAST(:sid AS VARCHAR), CAST(:node AS VARCHAR), 1, {now} WHERE EXISTS "
+                        "SELECT CAST(:sid AS VARCHAR), CAST(:node AS VARCHAR), 1, "
+                        f"{now} WHERE EXISTS "
                         f"(SELECT 1 FROM nodes WHERE id = :node AND expires_at > {now}) "
                         "ON CONFLICT (session_id) DO UPDATE SET node_id = excluded.node_id, "
                         "fence = session_owners.fence + 1, since = excluded.since "
