@@ -83,9 +83,26 @@ def test_settings_from_env_parse_and_reject_bad_values() -> None:
         {"CHATRUN_AUTH_TOKENS": "alice"},
         {"CHATRUN_FLUSH_INTERVAL_MS": "0"},
         {"CHATRUN_AUTH_TOKENS": "a=1,a=2"},
+        {"CHATRUN_NODE_LEASE_S": "0.5"},
+        {"CHATRUN_NODE_ID": "a b"},
+        {"CHATRUN_REDIS_PREFIX": ""},
+        {"CHATRUN_REDIS_URL": "http://127.0.0.1:6379"},
     ):
         with pytest.raises(ConfigError):
             Settings.from_env(env)
+
+
+def test_several_nodes_need_postgresql_and_say_so() -> None:
+    with pytest.raises(ConfigError, match="SQLite has a single writer"):
+        Settings.from_env({"CHATRUN_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    s = Settings.from_env(
+        {
+            "CHATRUN_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "CHATRUN_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1/chatrun",
+            "CHATRUN_NODE_ID": "node-a.1",
+        }
+    )
+    assert s.node_id == "node-a.1" and s.node_lease_s == 10.0
 
 
 async def test_models_match_the_migrated_schema(tmp_path: Path) -> None:
