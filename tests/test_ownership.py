@@ -12,6 +12,8 @@ from sqlalchemy import text
 
 from db.ownership import fenced
 from db.store import Store
+from server.cluster.node import Node
+from server.errors import ConfigError
 from tests.services import postgres_database
 
 LEASE = 1.0
@@ -117,3 +119,31 @@ async def test_leases_run_on_the_database_clock(stores: tuple[Store, Store]) -> 
     assert expires is not None and 29 < expires - float(now) <= 30
     [node] = await a.owners.nodes()
     assert node.alive and node.expires_at == pytest.approx(expires)
+
+
+async def test_a_node_that_lost_its_lease_drops_its_sessions_and_joins_anew(
+    stores: tuple[Store, Store],
+) -> None:
+    a, b = stores
+    node = Node("a", LEASE, a.owners)
+    dropped: list[bool] = []
+
+    async def drop_sessions() -> None:
+        dropped.append(True)
+
+    node.on_fenced = drop_sessions
+    await node.start()
+    assert node.live and await node.renew_once() and not dropped
+    assert await a.owners.claim("s1", "a") == 1
+    await asyncio.sleep(LEASE + 0.3)  # paused past its lease
+    assert not node.live
+    await b.owners.register("b", 60.0)
+    assert await b.owners.claim("s1", "b") == 2
+    assert await node.renew_once()
+    assert dropped == [True] and node.fenced_count == 1
+    assert node.live  # registered anew, holding nothing
+    assert await a.owners.owned_by("a") == {}
+    with pytest.raises(ConfigError, match="in use by a running node"):
+        await Node("b", 0.3, b.owners).start()  # b's 60 s lease is live
+    await node.stop()
+    assert [n.id for n in await b.owners.nodes()] == ["b"]
