@@ -14,8 +14,8 @@ from db.database import Database
 from db.errors import NotOwner
 from db.messages import insert_message
 from db.models import Message, Run, Session
-from db.records import Enqueued, RunRecord
-from db.rows import run_record
+from db.records import Enqueued, MessageRecord, RunRecord
+from db.rows import message_record, run_record
 from db.statements import CHUNKS, MESSAGES
 from db.writes import RunInsert
 
@@ -154,6 +154,29 @@ class Runs:
 
         return await self.db.transact(tx)
 
+    async def running(self, session_id: str) -> list[RunRecord]:
+        """The session's runs stored as running (several nodes: left by a node that died)."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(Run)
+                .where(Run.session_id == session_id, Run.status == "running")
+                .order_by(Run.position)
+            )
+            return [run_record(r._mapping) for r in rows]
+
+    async def messages_of(self, run_id: str) -> list[MessageRecord]:
+        """A run's messages, oldest first, with the text streamed so far (its stored chunks
+        folded in)."""
+
+        async def tx(conn: AsyncConnection) -> list[MessageRecord]:
+            query = select(Message).where(Message.run_id == run_id).order_by(Message.id)
+            ids = [r.id for r in await conn.execute(query)]
+            if ids:
+                await _fold_chunks(conn, ids)
+            return [message_record(r._mapping) for r in await conn.execute(query)]
+
+        return await self.db.transact(tx)
+
     async def recover_interrupted(self, error: str) -> list[str]:
         """After a stop or crash: in-flight runs become ``interrupted`` (their text kept).
 
@@ -183,11 +206,12 @@ class Runs:
         return await self.db.transact(tx)
 
 
-async def _fold_chunks(conn: AsyncConnection) -> None:
-    """Append every stored chunk to its message and drop the chunks."""
-    rows = await conn.execute(
-        select(CHUNKS.c.message_id, CHUNKS.c.field, CHUNKS.c.text).order_by(CHUNKS.c.id)
-    )
+async def _fold_chunks(conn: AsyncConnection, message_ids: list[int] | None = None) -> None:
+    """Append stored chunks (of ``message_ids``, or all) to their messages and drop them."""
+    query = select(CHUNKS.c.message_id, CHUNKS.c.field, CHUNKS.c.text).order_by(CHUNKS.c.id)
+    if message_ids is not None:
+        query = query.where(CHUNKS.c.message_id.in_(message_ids))
+    rows = await conn.execute(query)
     texts: dict[tuple[int, str], list[str]] = {}
     for row in rows:
         texts.setdefault((row.message_id, row.field), []).append(row.text)
@@ -198,4 +222,7 @@ async def _fold_chunks(conn: AsyncConnection) -> None:
             .where(MESSAGES.c.id == message_id)
             .values({column: column + "".join(parts)})
         )
-    await conn.execute(delete(CHUNKS))
+    if message_ids is None:
+        await conn.execute(delete(CHUNKS))
+    else:
+        await conn.execute(delete(CHUNKS).where(CHUNKS.c.message_id.in_(message_ids)))

@@ -9,8 +9,10 @@ flushes are written in one trip to a writer thread of their own (``db.sqlite``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.database import Database
 from db.messages import Messages
@@ -22,6 +24,8 @@ from db.snapshots import Snapshots
 from db.upstream_configs import UpstreamConfigs
 from db.users import Users
 from db.writes import FlushWrite
+
+Guard = Callable[[AsyncConnection], Awaitable[None]]
 
 
 class Store:
@@ -60,8 +64,19 @@ class Store:
         async with self.db.read() as conn:
             return str((await conn.execute(text("PRAGMA integrity_check"))).scalar_one())
 
-    async def flush(self, batch: FlushBatch) -> None:
+    async def flush(self, batch: FlushBatch, guard: Guard | None = None) -> None:
         """Write one flush batch (streamed text, sessions' counters, ended runs) in a single
-        transaction."""
-        if batch:
-            await self.db.transact(FlushWrite.of(batch))
+        transaction; ``guard`` runs first in it and may refuse the write by raising (several
+        nodes: the fences of the batch's sessions)."""
+        if not batch:
+            return
+        write = FlushWrite.of(batch)
+        if guard is None:
+            await self.db.transact(write)
+            return
+
+        async def guarded(conn: AsyncConnection) -> None:
+            await guard(conn)
+            await write(conn)
+
+        await self.db.transact(guarded)

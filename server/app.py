@@ -16,6 +16,8 @@ from aiohttp import web
 
 from db.store import Store
 from server.auth import Authenticator
+from server.cluster import cluster
+from server.cluster.cluster import Cluster
 from server.context.tokens import TokenCounter
 from server.http.admin import AdminApi
 from server.http.api import SessionApi, api_errors
@@ -93,6 +95,11 @@ class Chatrun:
                 settings.max_connections_per_user,
             ),
         )
+        self.cluster: Cluster | None = None
+        if settings.redis_url:  # one node of several
+            self.cluster = Cluster(settings, store, self.hub, self.flusher, self.runs, self.tasks)
+            self.namespace.router = self.cluster.router
+            self.cluster.bus.handler = self.namespace.command
         self.metrics.bind(
             sockets=lambda: len(self.namespace.connections),
             active_runs=self.runs.active_runs,
@@ -113,6 +120,8 @@ def create_app(
     tokens: TokenCounter | None = None,
 ) -> web.Application:
     """Build the aiohttp application; resources open and close with the app."""
+    if client_manager is None and settings.redis_url:
+        client_manager = cluster.client_manager(settings)
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=client_manager,
@@ -132,7 +141,7 @@ def create_app(
     app[CHATRUN] = chatrun
     sio.attach(app)
     sio.register_namespace(chatrun.namespace)
-    HealthApi(
+    health = HealthApi(
         settings,
         chatrun.store,
         chatrun.hub,
@@ -141,7 +150,10 @@ def create_app(
         chatrun.upstream_health,
         chatrun.metrics,
         socket_shortcuts=chatrun.socket_shortcuts,
-    ).register(app)
+    )
+    if chatrun.cluster is not None:
+        health.cluster = chatrun.cluster.health
+    health.register(app)
     SessionApi(chatrun.auth, chatrun.sessions, chatrun.upstreams, chatrun.upstream_health).register(
         app
     )
@@ -167,7 +179,12 @@ def _lifecycle(chatrun: Chatrun, admin: AdminApi) -> Any:
             await chatrun.auth.prepare()
             admin.prepare()
             await chatrun.upstreams.open(http)
-            await chatrun.runs.recover()
+            if chatrun.cluster is None:
+                await chatrun.runs.recover()
+            else:  # runs left by a node that died are taken over, by this node or another
+                await chatrun.cluster.open()
+                await chatrun.cluster.takeover.scan_once()
+                chatrun.cluster.start()
             chatrun.tasks.spawn(chatrun.flusher.run(), name="flusher")
             chatrun.tasks.spawn(chatrun.runs.reap(), name="reaper")
             chatrun.tasks.spawn(_evict_loop(chatrun), name="evict")
@@ -177,6 +194,8 @@ def _lifecycle(chatrun: Chatrun, admin: AdminApi) -> Any:
             yield
         finally:
             await _stop_runs(chatrun)  # no-op when on_shutdown already did it
+            if chatrun.cluster is not None:
+                await chatrun.cluster.close()
             await chatrun.tasks.cancel_all()
             await chatrun.upstreams.aclose()
             await http.close()

@@ -86,6 +86,20 @@ class Busy(ChatrunError):
     http_status = 409
 
 
+class NodeUnreachable(ChatrunError):
+    """Several nodes: the node that runs the session did not answer (try again)."""
+
+    code = "node_unreachable"
+    http_status = 503
+
+
+class Fenced(ChatrunError):
+    """Several nodes: this node no longer holds the session (another node took it over)."""
+
+    code = "fenced"
+    http_status = 503
+
+
 class ShuttingDown(ChatrunError):
     code = "upstream_unavailable"
     http_status = 503

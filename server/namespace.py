@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import socketio
 
 from db.records import UserRecord
 from server.auth import Authenticator
-from server.errors import BadRequest, ChatrunError, RateLimited
+from server.errors import BadRequest, ChatrunError, Fenced, RateLimited
 from server.limits import UserLimits
 from server.payloads import (
+    IDENTIFIER,
     CancelQueuedPayload,
     Limits,
     ResumePayload,
@@ -25,9 +26,16 @@ from server.protocol import NAMESPACE, Request
 from server.runs.manager import RunManager
 from server.sessions.service import SessionService
 
+if TYPE_CHECKING:
+    from server.cluster.router import Router
+
 log = logging.getLogger("chatrun.socket")
 
 MAX_PROFILE_CHARS = 128
+# requests about one session: several nodes run them where the session is held
+SESSION_REQUESTS = frozenset(
+    {Request.RUN, Request.CANCEL_QUEUED_RUN, Request.RESUME, Request.ABORT, Request.COMPACT}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,7 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.limits = limits
         self.user_limits = user_limits
         self.connections: dict[str, Connection] = {}
+        self.router: Router | None = None  # several nodes: where a session's requests run
         self._handlers: dict[str, Handler] = {
             Request.RUN: self._run,
             Request.CANCEL_QUEUED_RUN: self._cancel_queued_run,
@@ -77,12 +86,53 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 raise BadRequest(f"unknown event {str(event)[:64]!r}")
             if len(args) > 2:
                 raise BadRequest(f"`{event}` takes one payload object")
-            return await handler(sid, connection, args[1] if len(args) > 1 else None)
+            payload = args[1] if len(args) > 1 else None
+            if self.router is not None and event in SESSION_REQUESTS:
+                answer = await self._forward(sid, connection, event, payload)
+                if answer is not None:
+                    return answer
+            return await handler(sid, connection, payload)
         except ChatrunError as exc:
             return exc.to_ack()
         except Exception:
             log.exception("handling %r from %s failed", event, sid)
             return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
+
+    async def _forward(
+        self, sid: str, conn: Connection, event: str, payload: Any
+    ) -> dict[str, Any] | None:
+        """Several nodes: the answer of the node that runs the payload's session, or None
+        when that is this node (or the payload names no session: it is refused here)."""
+        assert self.router is not None
+        session_id = payload.get("session_id") if isinstance(payload, dict) else None
+        if not isinstance(session_id, str) or not IDENTIFIER.fullmatch(session_id):
+            return None
+        command = {
+            "event": event,
+            "payload": payload,
+            "sid": sid,
+            "user": {"id": conn.user.id, "name": conn.user.name},
+            "profile": conn.profile,
+        }
+        return await self.router.call(session_id, command)
+
+    async def command(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Several nodes: a request another node forwarded, for a session this node runs.
+        Answered as if its socket were connected here (its events reach it through the
+        client manager)."""
+        assert self.router is not None
+        event, payload = body.get("event"), body.get("payload")
+        handler = self._handlers.get(str(event))
+        if handler is None or event not in SESSION_REQUESTS or not isinstance(payload, dict):
+            raise BadRequest("malformed command")
+        session_id = str(payload.get("session_id"))
+        if await self.router.claims.claim(session_id) is None:
+            raise Fenced(f"this node does not hold session {session_id!r}")
+        user = body.get("user") or {}
+        connection = Connection(
+            UserRecord(id=int(user["id"]), name=str(user["name"])), body.get("profile")
+        )
+        return await handler(str(body.get("sid")), connection, payload)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None

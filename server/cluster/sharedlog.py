@@ -15,7 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from server.errors import ChatrunError
+from server.errors import Fenced
 
 _APPEND = """
 local f = redis.call('GET', KEYS[2])
@@ -39,12 +39,6 @@ if tonumber(ARGV[1]) < f then return f end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return tonumber(ARGV[1])
 """
-
-
-class LogFenced(ChatrunError):
-    """The shared log refused an append: the session has another owner now."""
-
-    code = "fenced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +66,12 @@ class SharedLog:
 
     async def take(self, session_id: str, fence: int) -> None:
         """Make ``fence`` the session's log fence (a new owner, after its database claim);
-        ``LogFenced`` when a higher one is there already."""
+        ``Fenced`` when a higher one is there already."""
         now = int(
             await self._raise_fence(keys=[self._fence_key(session_id)], args=[fence, self._ttl_ms])
         )
         if now != fence:
-            raise LogFenced(f"session {session_id} is held with fence {now} now")
+            raise Fenced(f"session {session_id} is held with fence {now} now")
 
     async def append(self, session_id: str, fence: int, events: list[tuple[int, str]]) -> None:
         """Add numbered events (ascending ``seq``, each above the log's last) under ``fence``."""
@@ -91,7 +85,7 @@ class SharedLog:
         except ResponseError as exc:
             text = str(exc)
             if text.startswith(("FENCED", "SEQ")):
-                raise LogFenced(f"session {session_id}: the shared log refused: {text}") from None
+                raise Fenced(f"session {session_id}: the shared log refused: {text}") from None
             raise
 
     async def since(self, session_id: str, last_seq: int, current_seq: int) -> list[str] | None:

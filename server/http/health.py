@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +40,7 @@ class HealthApi:
         self.health = health
         self.metrics = metrics
         self.socket_shortcuts = socket_shortcuts
+        self.cluster: Callable[[], dict[str, Any]] | None = None  # several nodes: node state
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
@@ -59,6 +61,11 @@ class HealthApi:
         body["active_runs"] = self.runs.active_runs()
         body["sessions_in_memory"] = len(self.hub.sessions)
         body["socket_shortcuts"] = self.socket_shortcuts  # see server/transport/shortcuts.py
+        if self.cluster is not None:
+            node = body["cluster"] = self.cluster()
+            if node["redis"] != "ok" or node["lease"] != "held":
+                body["status"] = "degraded"
+                status = 503
         return web.json_response(body, status=status)
 
     async def metrics_page(self, request: web.Request) -> web.Response:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db.ownership import fenced
 from db.records import FlushBatch, RunFinish
-from db.store import Store
+from db.store import Guard, Store
+from server.errors import Fenced
 from server.metrics import Metrics
 from server.sessions.hub import SessionHub
 from server.sessions.state import SEQ_BLOCK, SessionState
@@ -27,6 +32,10 @@ class Flusher:
         self._ender: asyncio.Future[None] | None = None
         self.flushes = 0
         self.last_batch_size = 0
+        # several nodes: this node's id (writes are fenced) and what to do with a session
+        # another node took over
+        self.node_id: str | None = None
+        self.on_lost: Callable[[SessionState], None] | None = None
 
     async def run(self) -> None:
         """Flush every interval until cancelled."""
@@ -34,6 +43,8 @@ class Flusher:
             await asyncio.sleep(self.interval)
             try:
                 await self.flush()
+            except SessionsLost as exc:
+                log.warning("flush: %s; the rest is written next tick", exc.message)
             except Exception:
                 log.exception("flush failed; retrying next tick")
 
@@ -108,11 +119,13 @@ class Flusher:
             )
         started = time.perf_counter()
         try:
-            await self.store.flush(batch)
-        except BaseException:
+            await self.store.flush(batch, self._guard(states))
+        except BaseException as exc:
             for draft in drafts:
                 draft.dirty = True
-            self.hub.dirty.update(s.id for s in states)
+            if isinstance(exc, SessionsLost):
+                self._lost([s for s in states if s.id in exc.sessions])
+            self.hub.dirty.update(s.id for s in states if not s.lost)
             raise
         for draft, write in zip(drafts, batch.messages, strict=True):
             draft.stored(write)
@@ -128,3 +141,32 @@ class Flusher:
             self.metrics.flush_sessions.observe(len(states))
         if elapsed > self.interval:
             log.warning("flush of %d sessions took %.0f ms", len(states), elapsed * 1000)
+
+    def _guard(self, states: list[SessionState]) -> Guard | None:
+        """Several nodes: a check, in the flush's own transaction, that this node still holds
+        every session it writes, with the fence it took it with."""
+        node_id = self.node_id
+        if node_id is None:
+            return None
+        fences = {s.id: s.fence if s.fence is not None else -1 for s in states}
+
+        async def guard(conn: AsyncConnection) -> None:
+            lost = await fenced(conn, node_id, fences)
+            if lost:
+                raise SessionsLost(lost)
+
+        return guard
+
+    def _lost(self, states: list[SessionState]) -> None:
+        for state in states:
+            if not state.lost and self.on_lost is not None:
+                self.on_lost(state)
+            state.lost = True
+
+
+class SessionsLost(Fenced):
+    """A flush found sessions this node no longer holds; nothing of the batch was written."""
+
+    def __init__(self, sessions: set[str]) -> None:
+        super().__init__(f"{len(sessions)} sessions are held by another node now")
+        self.sessions = sessions

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db.records import RunRecord, SessionRecord, UserRecord
 from db.store import Store
-from server.errors import Forbidden
+from server.errors import Fenced, Forbidden
 from server.metrics import Metrics
 from server.sessions.eventlog import EventLog
 from server.sessions.outbox import Outbox
@@ -20,6 +20,9 @@ from server.sessions.state import SEQ_BLOCK, SessionState
 from server.settings import Settings
 from server.tasks import TaskSet
 from server.transport.emitter import Emitter
+
+if TYPE_CHECKING:
+    from server.cluster.claims import Claims
 
 
 class SessionHub:
@@ -40,6 +43,7 @@ class SessionHub:
         self.dirty: set[str] = set()  # sessions with something to flush
         self._locks: dict[str, asyncio.Lock] = {}
         self._loading: dict[str, asyncio.Future[SessionState | None]] = {}
+        self.claims: Claims | None = None  # several nodes: the sessions this node holds
         self.resumes = Resumes(settings, store.messages, emitter, eventlog, metrics)
         self.outbox = Outbox(
             settings,
@@ -71,6 +75,11 @@ class SessionHub:
         pending = self._loading.get(session_id)
         if pending is not None:
             return await asyncio.shield(pending)
+        fence = None
+        if self.claims is not None:
+            fence = self.claims.fences.get(session_id)
+            if fence is None:
+                raise Fenced(f"this node does not hold session {session_id!r}")
         future: asyncio.Future[SessionState | None] = asyncio.get_running_loop().create_future()
         self._loading[session_id] = future
         try:
@@ -79,6 +88,10 @@ class SessionHub:
             if loaded is not None:
                 record, queued = loaded
                 state = SessionState(record, queued, record.last_seq + SEQ_BLOCK)
+                if self.claims is not None:
+                    # the shared log's last seq is exact; the stored ceiling is above it
+                    state.seq = await self.claims.top_seq(session_id, record.last_seq) or state.seq
+                    state.fence = fence
                 self.sessions[session_id] = state
             future.set_result(state)
             return state
@@ -101,6 +114,8 @@ class SessionHub:
     ) -> SessionState:
         """Hold a session this process just created (its seq reservation already stored)."""
         state = SessionState(record, queued, seq_reserved)
+        if self.claims is not None:
+            state.fence = self.claims.fences.get(record.id)
         self.sessions[record.id] = state
         return state
 
@@ -126,6 +141,8 @@ class SessionHub:
             del self.sessions[sid]
             self._locks.pop(sid, None)
             self.eventlog.drop(sid)
+            if self.claims is not None:
+                await self.claims.release(sid)
             evicted += 1
         for sid in [
             s for s, lock in self._locks.items() if s not in self.sessions and not lock.locked()
@@ -139,6 +156,20 @@ class SessionHub:
         self._locks.pop(session_id, None)
         self.dirty.discard(session_id)
         self.eventlog.drop(session_id)
+
+    def lose(self, session_id: str) -> SessionState | None:
+        """Several nodes: another node holds the session now. It is dropped from memory at
+        once; its run, if any, is the caller's to stop (none of its writes would pass)."""
+        state = self.sessions.pop(session_id, None)
+        self._locks.pop(session_id, None)
+        self.dirty.discard(session_id)
+        self.eventlog.drop(session_id)
+        if self.claims is not None:
+            self.claims.drop(session_id)
+        if state is not None:
+            state.lost = True
+            state.queue.clear()
+        return state
 
     # -- events -------------------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from server.errors import Fenced
 from server.metrics import Metrics
 from server.protocol import STATE_EVENTS, Event
 from server.sessions.eventlog import EventLog
@@ -24,6 +25,9 @@ from server.sessions.state import SEQ_BLOCK, SessionState
 from server.settings import Settings
 from server.tasks import TaskSet
 from server.transport.emitter import Emitter, encode
+
+if TYPE_CHECKING:
+    from server.cluster.sharedlog import SharedLog
 
 log = logging.getLogger("chatrun.sessions")
 
@@ -71,6 +75,10 @@ class Outbox:
         self._reserve_seq = reserve_seq
         self._answer_resume = answer_resume
         self._dirty = dirty  # sessions with something to flush
+        # several nodes: the shared log every event is added to before any client sees it,
+        # and what to do with a session another node took over
+        self.shared: SharedLog | None = None
+        self.on_lost: Callable[[SessionState], None] | None = None
 
     def publish(self, state: SessionState, name: str, data: dict[str, Any]) -> None:
         """Queue a session event; it is numbered and emitted in order by the sender."""
@@ -186,6 +194,8 @@ class Outbox:
         state.updated_at = time.time()
         payload = {"event": name, "session_id": state.id, "seq": seq, **data}
         encoded = encode([name, payload])
+        if self.shared is not None:
+            await self._share(state, seq, encoded)
         self.eventlog.append(state.id, seq, encoded)
         if name in STATE_EVENTS:
             state.state_events.append({"event": name, "data": payload})
@@ -193,6 +203,20 @@ class Outbox:
         self.metrics.events.inc()
         await self.emitter.to_room(state.id, name, payload, encoded)
         return seq
+
+    async def _share(self, state: SessionState, seq: int, encoded: str) -> None:
+        """Add an event to the shared log under the session's fence; a session another node
+        took over is lost here, and the event goes nowhere."""
+        assert self.shared is not None
+        try:
+            if state.lost or state.fence is None:
+                raise Fenced(f"this node no longer holds session {state.id!r}")
+            await self.shared.append(state.id, state.fence, [(seq, encoded)])
+        except Fenced:
+            if not state.lost and self.on_lost is not None:
+                self.on_lost(state)
+            state.lost = True
+            raise
 
 
 def _coalesce(state: SessionState, item: OutboxItem) -> None:

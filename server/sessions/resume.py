@@ -3,7 +3,7 @@ snapshot of the session or a replay of the events it missed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db.messages import Messages
 from db.records import MessageRecord
@@ -13,6 +13,9 @@ from server.sessions.eventlog import EventLog
 from server.sessions.state import SessionState
 from server.settings import Settings
 from server.transport.emitter import Emitter
+
+if TYPE_CHECKING:
+    from server.cluster.sharedlog import SharedLog
 
 
 class Resumes:
@@ -29,6 +32,9 @@ class Resumes:
         self.emitter = emitter
         self.eventlog = eventlog
         self.metrics = metrics
+        # several nodes: the shared log, for events this node did not number itself
+        self.shared: SharedLog | None = None
+        self.node_id: str | None = None  # several nodes: named in ``resumed``
 
     async def answer(self, state: SessionState, sid: str, last_seq: int | None) -> int:
         """Join ``sid`` to the room and send it ``resumed``, then the retained events after
@@ -37,10 +43,12 @@ class Resumes:
         replayed = (
             self.eventlog.since(state.id, last_seq, state.seq) if last_seq is not None else None
         )
+        if replayed is None and last_seq is not None and self.shared is not None:
+            replayed = await self.shared.since(state.id, last_seq, state.seq)
         if replayed is not None and last_seq is not None:
             await self.emitter.join(sid, state.id)
             await self.emitter.to_socket(
-                sid, Event.RESUMED, resumed(state, state.id, last_seq, [], True)
+                sid, Event.RESUMED, self._resumed(state, state.id, last_seq, [], True)
             )
             for encoded in replayed:
                 await self.emitter.to_socket(sid, "", encoded=encoded)
@@ -52,16 +60,31 @@ class Resumes:
         await self.emitter.to_socket(
             sid,
             Event.RESUMED,
-            resumed(state, state.id, state.seq, [m.to_payload() for m in messages], False),
+            self._resumed(state, state.id, state.seq, [m.to_payload() for m in messages], False),
         )
         self.metrics.resumes.labels("snapshot").inc()
         return state.seq
 
     async def unknown(self, sid: str, session_id: str) -> int:
         """``resume`` of a session that does not exist: an empty answer, nothing created."""
-        await self.emitter.to_socket(sid, Event.RESUMED, resumed(None, session_id, 0, [], False))
+        await self.emitter.to_socket(
+            sid, Event.RESUMED, self._resumed(None, session_id, 0, [], False)
+        )
         self.metrics.resumes.labels("unknown").inc()
         return 0
+
+    def _resumed(
+        self,
+        state: SessionState | None,
+        session_id: str,
+        seq: int,
+        messages: list[dict[str, Any]],
+        replay: bool,
+    ) -> dict[str, Any]:
+        payload = resumed(state, session_id, seq, messages, replay)
+        if self.node_id is not None:
+            payload["node"] = self.node_id
+        return payload
 
     async def snapshot_messages(self, state: SessionState) -> list[MessageRecord]:
         """The latest messages, with the in-flight ones as the events so far made them."""

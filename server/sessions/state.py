@@ -37,6 +37,8 @@ class SessionState:
         self.sender: asyncio.Task[None] | None = None
         self.sending = False  # a task is sending an outbox item (the sender, or ``send_now``)
         self.deleting = False
+        self.fence: int | None = None  # several nodes: the fence this node holds it with
+        self.lost = False  # several nodes: another node took it over; nothing more is written
         self.wake = asyncio.Event()  # set when the outbox gets an item for a waiting sender
         self.touched = time.monotonic()
         self.updated_at = record.updated_at  # wall-clock time of the last event

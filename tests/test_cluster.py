@@ -1,0 +1,272 @@
+"""Several nodes: real ``python -m server`` processes on one PostgreSQL database and one Redis,
+with short leases. Tabs on different nodes see the same numbered events; requests run where
+the session is held; a node killed mid-stream is taken over with every token a client saw;
+a stopping node hands its sessions over at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.fakes.hermes import FakeHermes, FakeRun
+from tests.helpers import TOKEN, TabFactory, free_port, until_async
+from tests.services import postgres_database, redis_prefix
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASE_S = 2.0
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Nodes:
+    """Server processes sharing one database and one Redis prefix."""
+
+    def __init__(self, tmp: Path, database_url: str, prefix: str, upstream: str) -> None:
+        self.tmp = tmp
+        self.database_url = database_url
+        self.prefix = prefix
+        self.upstream = upstream
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    async def start(self, name: str, **settings: str) -> None:
+        port = self.ports.setdefault(name, free_port())
+        env = {
+            **os.environ,
+            "CHATRUN_DATA_DIR": str(self.tmp / name),
+            "CHATRUN_PORT": str(port),
+            "CHATRUN_AUTH_TOKEN": TOKEN,
+            "CHATRUN_UPSTREAM_URL": self.upstream,
+            "CHATRUN_FLUSH_INTERVAL_MS": "100",
+            "CHATRUN_DATABASE_URL": self.database_url,
+            "CHATRUN_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "CHATRUN_REDIS_PREFIX": self.prefix,
+            "CHATRUN_NODE_ID": name,
+            "CHATRUN_NODE_LEASE_S": str(LEASE_S),
+            "CHATRUN_LOG_LEVEL": "INFO",
+            **settings,
+        }
+        with open(self.tmp / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "server"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    async def ready(self, *names: str) -> None:
+        for name in names:
+            proc = self.procs[name]
+
+            async def up(name: str = name, proc: subprocess.Popen[bytes] = proc) -> bool:
+                assert proc.poll() is None, self.log(name)
+                return await _listening(self.ports[name])
+
+            await until_async(up, timeout=30, what=f"node {name} never listened")
+
+    def signal(self, name: str, sig: int) -> None:
+        self.procs[name].send_signal(sig)
+
+    async def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        await self.exited(name, 10)
+
+    async def exited(self, name: str, timeout: float) -> int:
+        """Wait for a node's process to end (without blocking the fake upstream's loop)."""
+        return await asyncio.to_thread(self.procs[name].wait, timeout)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, hermes: FakeHermes) -> AsyncIterator[Nodes]:
+    async with postgres_database() as url, redis_prefix() as prefix:
+        cluster = Nodes(tmp_path, url, prefix, hermes.url)
+        try:
+            await cluster.start("a")
+            await cluster.ready("a")  # the first one migrates the empty database
+            await cluster.start("b")
+            await cluster.ready("b")
+            yield cluster
+        finally:
+            cluster.close()
+
+
+async def db_rows(nodes: Nodes, sql: str, *args: Any) -> list[asyncpg.Record]:
+    dsn = nodes.database_url.replace("postgresql+asyncpg", "postgresql")
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def stream_slowly(run: FakeRun) -> None:
+    for i in range(30):
+        await run.delta(f"t{i} ")
+        await asyncio.sleep(0.05)
+    await run.complete()
+
+
+async def stream_forever(run: FakeRun) -> None:
+    if run.body["input"] != "first":
+        await run.delta(f"answer to {run.body['input']}")
+        await run.complete()
+        return
+    i = 0
+    while True:
+        await run.delta(f"t{i} ")
+        i += 1
+        await asyncio.sleep(0.05)
+
+
+def contiguous(seqs: list[int]) -> bool:
+    return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+
+
+async def test_tabs_on_two_nodes_see_the_same_numbered_events(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    hermes.script = stream_slowly
+    on_a = await tab_factory(nodes.url("a"))
+    on_b = await tab_factory(nodes.url("b"))
+    ack = await on_a.call("run", {"session_id": "s1", "input": "hello"})
+    assert ack["ok"], ack
+    resumed = await on_b.call("resume", {"session_id": "s1", "last_seq": 0})
+    assert resumed["ok"], resumed
+    assert on_b.named("resumed")[-1]["node"] == "a"  # the node that runs the session
+    for tab in (on_a, on_b):
+        await tab.wait_event("run.completed", timeout=20, run_id=ack["run_id"])
+    seq_a, seq_b = on_a.seqs("s1"), on_b.seqs("s1")
+    assert contiguous(seq_a) and seq_a[0] == 1
+    assert seq_b == seq_a  # replayed from 0, then live: the same events, once each
+    assert (
+        on_b.text(ack["run_id"]) == on_a.text(ack["run_id"]) == "".join(f"t{i} " for i in range(30))
+    )
+
+
+async def test_requests_from_any_node_run_where_the_session_is_held(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    hermes.script = stream_forever
+    on_a = await tab_factory(nodes.url("a"))
+    on_b = await tab_factory(nodes.url("b"))
+    first = await on_b.call("run", {"session_id": "s2", "input": "first", "queue_id": "q1"})
+    assert first["ok"] and not first["queued"]
+    await on_b.wait_event("message.delta", run_id=first["run_id"])
+    # a second run and a duplicate, sent at once through both nodes
+    second, again_a, again_b = await asyncio.gather(
+        on_a.call("run", {"session_id": "s2", "input": "second", "queue_id": "q2"}),
+        on_a.call("run", {"session_id": "s2", "input": "first", "queue_id": "q1"}),
+        on_b.call("run", {"session_id": "s2", "input": "first", "queue_id": "q1"}),
+    )
+    assert second["ok"] and second["queued"] and second["position"] == 1
+    for again in (again_a, again_b):
+        assert again["duplicate"] and again["run_id"] == first["run_id"]
+    # a tab on node a stops the run node b runs; the queue goes on
+    stop = await on_a.call("abort", {"session_id": "s2"})
+    assert stop == {"ok": True, "aborting": True}
+    for tab in (on_a, on_b):
+        await tab.wait_event("run.cancelled", timeout=15, run_id=first["run_id"])
+        await tab.wait_event("run.completed", timeout=15, run_id=second["run_id"])
+    assert on_a.seqs("s2") == on_b.seqs("s2")[-len(on_a.seqs("s2")) :]
+    owners = await db_rows(nodes, "SELECT node_id FROM session_owners WHERE session_id = 's2'")
+    assert [r["node_id"] for r in owners] == ["b"]
+
+
+async def test_a_node_killed_mid_stream_is_taken_over_with_every_token_a_client_saw(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    hermes.script = stream_forever
+    on_a = await tab_factory(nodes.url("a"))
+    on_b = await tab_factory(nodes.url("b"))
+    first = await on_a.call("run", {"session_id": "s3", "input": "first"})
+    second = await on_a.call("run", {"session_id": "s3", "input": "second"})
+    assert (await on_b.call("resume", {"session_id": "s3", "last_seq": 0}))["ok"]
+    await on_b.wait_for(lambda _: len(on_b.text(first["run_id"])) > 40)
+    await nodes.kill("a")
+    killed = time.monotonic()
+    seen = on_b.text(first["run_id"])
+    seen_seq = max(on_b.seqs("s3"))
+    failed = await on_b.wait_event("run.failed", timeout=LEASE_S + 10, run_id=first["run_id"])
+    took = time.monotonic() - killed
+    assert failed["code"] == "interrupted"
+    assert took < LEASE_S + 4, took
+    await on_b.wait_event("run.completed", timeout=15, run_id=second["run_id"])
+    seqs = on_b.seqs("s3")
+    assert contiguous(seqs) and failed["seq"] > seen_seq  # no gap, nothing reused
+    [stored] = await db_rows(
+        nodes,
+        "SELECT content, status FROM messages WHERE run_id = $1 AND role = 'assistant'",
+        first["run_id"],
+    )
+    assert stored["status"] == "interrupted"
+    assert stored["content"].startswith(seen) and stored["content"] == on_b.text(first["run_id"])
+    runs = await db_rows(nodes, "SELECT id, status FROM runs ORDER BY position")
+    assert [(r["id"], r["status"]) for r in runs] == [
+        (first["run_id"], "interrupted"),
+        (second["run_id"], "completed"),
+    ]
+
+
+async def test_a_stopping_node_hands_its_sessions_over_at_once(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    hermes.script = stream_slowly
+    on_a = await tab_factory(nodes.url("a"))
+    first = await on_a.call("run", {"session_id": "s4", "input": "one"})
+    queued = [await on_a.call("run", {"session_id": "s4", "input": f"next {i}"}) for i in range(2)]
+    await on_a.wait_event("message.delta", run_id=first["run_id"])
+    nodes.signal("a", signal.SIGTERM)
+    stopped = time.monotonic()
+    assert await nodes.exited("a", 20) == 0
+    on_b = await tab_factory(nodes.url("b"))
+
+    async def all_done() -> bool:
+        rows = await db_rows(nodes, "SELECT status FROM runs WHERE session_id = 's4'")
+        return [r["status"] for r in rows].count("completed") == 3
+
+    await until_async(all_done, timeout=20, what="the queue did not go on on node b")
+    assert time.monotonic() - stopped < 20
+    assert (await on_b.call("resume", {"session_id": "s4"}))["ok"]
+    assert on_b.named("resumed")[-1]["node"] == "b"
+    rows = await db_rows(nodes, "SELECT id, status FROM runs WHERE session_id = 's4'")
+    statuses = {r["id"]: r["status"] for r in rows}
+    assert all(statuses[q["run_id"]] == "completed" for q in queued)
