@@ -270,3 +270,46 @@ async def test_a_stopping_node_hands_its_sessions_over_at_once(
     rows = await db_rows(nodes, "SELECT id, status FROM runs WHERE session_id = 's4'")
     statuses = {r["id"]: r["status"] for r in rows}
     assert all(statuses[q["run_id"]] == "completed" for q in queued)
+
+
+async def test_a_paused_node_past_its_lease_is_fenced_and_stops(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    hermes.script = stream_forever
+    on_b = await tab_factory(nodes.url("b"))
+    on_a = await tab_factory(nodes.url("a"))
+    first = await on_a.call("run", {"session_id": "s5", "input": "first"})
+    assert (await on_b.call("resume", {"session_id": "s5", "last_seq": 0}))["ok"]
+    await on_b.wait_for(lambda _: len(on_b.text(first["run_id"])) > 20)
+    nodes.signal("a", signal.SIGSTOP)  # paused: its lease runs out, node b takes over
+    failed = await on_b.wait_event("run.failed", timeout=LEASE_S + 10, run_id=first["run_id"])
+    assert failed["code"] == "interrupted"
+    taken_text = on_b.text(first["run_id"])
+    seqs_at_takeover = on_b.seqs("s5")
+    nodes.signal("a", signal.SIGCONT)  # it wakes up with a stale fence
+
+    async def a_gave_up() -> bool:
+        return "lost session s5" in nodes.log("a")
+
+    await until_async(a_gave_up, timeout=10, what="node a never noticed it lost the session")
+    await asyncio.sleep(1.0)  # anything it would still send arrives by now
+    # nothing node a streamed after the takeover reached the tab, and nothing was reused
+    assert on_b.seqs("s5") == seqs_at_takeover and contiguous(seqs_at_takeover)
+    assert on_b.text(first["run_id"]) == taken_text
+    [stored] = await db_rows(
+        nodes,
+        "SELECT content, status FROM messages WHERE run_id = $1 AND role = 'assistant'",
+        first["run_id"],
+    )
+    assert (stored["content"], stored["status"]) == (taken_text, "interrupted")
+    # node a asked the upstream to stop the run it lost, and still serves as a node
+    await until_async(
+        lambda: _truthy(hermes.stop_calls), timeout=10, what="the upstream was never stopped"
+    )
+    second = await on_a.call("run", {"session_id": "s5", "input": "second"})
+    assert second["ok"], second
+    await on_b.wait_event("run.completed", timeout=15, run_id=second["run_id"])
+
+
+async def _truthy(value: object) -> bool:
+    return bool(value)

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from server.cluster.sharedlog import LogFenced, SharedLog
+from server.cluster.sharedlog import SharedLog
+from server.errors import Fenced
 from tests.services import REDIS_URL, redis_prefix
 
 
@@ -63,9 +64,9 @@ async def test_an_old_owner_can_append_nothing_once_a_new_one_took_the_session(
     await log.take("s1", 1)
     await log.append("s1", 1, events(1, 3))
     await log.take("s1", 2)  # a new owner
-    with pytest.raises(LogFenced):
+    with pytest.raises(Fenced):
         await log.append("s1", 1, events(4, 4))
-    with pytest.raises(LogFenced):
+    with pytest.raises(Fenced):
         await log.take("s1", 1)  # fences only go up
     await log.append("s1", 2, events(4, 5))
     assert (await log.tail("s1")).seq == 5
@@ -75,6 +76,6 @@ async def test_a_seq_is_never_reused(client: aioredis.Redis, prefix: str) -> Non
     log = SharedLog(client, prefix, retained=1000, ttl_s=60)
     await log.take("s1", 1)
     await log.append("s1", 1, events(1, 5))
-    with pytest.raises(LogFenced):
+    with pytest.raises(Fenced):
         await log.append("s1", 1, events(5, 6))
     assert await log.since("s1", 0, 5) == [e for _, e in events(1, 5)]
