@@ -154,6 +154,16 @@ class Runs:
 
         return await self.db.transact(tx)
 
+    async def set_upstream_run_id(self, run_id: str, upstream_run_id: str) -> None:
+        """Store the upstream's id of a running run, so that another node can stop it."""
+
+        async def tx(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(Run).where(Run.id == run_id).values(upstream_run_id=upstream_run_id)
+            )
+
+        await self.db.transact(tx)
+
     async def running(self, session_id: str) -> list[RunRecord]:
         """The session's runs stored as running (several nodes: left by a node that died)."""
         async with self.db.read() as conn:

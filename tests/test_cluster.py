@@ -229,6 +229,9 @@ async def test_a_node_killed_mid_stream_is_taken_over_with_every_token_a_client_
     took = time.monotonic() - killed
     assert failed["code"] == "interrupted"
     assert took < LEASE_S + 4, took
+    # the run the dead node left is stopped upstream (an agent would otherwise go on)
+    [left] = [r for r in hermes.runs.values() if r.body["input"] == "first"]
+    assert hermes.stop_calls == [left.run_id]
     await on_b.wait_event("run.completed", timeout=15, run_id=second["run_id"])
     seqs = on_b.seqs("s3")
     assert contiguous(seqs) and failed["seq"] > seen_seq  # no gap, nothing reused

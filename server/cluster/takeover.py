@@ -30,6 +30,7 @@ TAKEN_OVER_ERROR = (
     "The server running this chat stopped while the run was in progress; the text so far was kept."
 )
 SCAN_EVERY_S = 1.0
+STOP_TIMEOUT_S = 5.0
 
 
 class Takeover:
@@ -142,6 +143,7 @@ class Takeover:
         assert finisher is not None
 
         async def end() -> None:
+            await self._stop_upstream(record)
             left = run.finishing()
             outcome = Outcome(
                 RunStatus.INTERRUPTED, error=TAKEN_OVER_ERROR, code=UpstreamCode.INTERRUPTED
@@ -149,6 +151,24 @@ class Takeover:
             await finisher.finish(state, run, outcome, left)
 
         run.task = self.tasks.spawn(end(), name=f"takeover:{record.id}")
+
+    async def _stop_upstream(self, record: RunRecord) -> None:
+        """Ask the upstream to stop the run the former node left (an agent would go on)."""
+        if not record.upstream_run_id:
+            return
+        try:
+            async with self.runs.upstreams.lease(record.profile) as upstream:
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    stopped = await upstream.stop_run(record.upstream_run_id)
+        except Exception as exc:
+            log.warning("run %s: the upstream could not be asked to stop: %s", record.id, exc)
+            return
+        log.info(
+            "run %s: upstream run %s stop %s",
+            record.id,
+            record.upstream_run_id,
+            "accepted" if stopped else "not possible",
+        )
 
 
 def _from_rows(session_id: str, run_id: str, rows: list[MessageRecord], store: Store) -> Transcript:

@@ -220,6 +220,12 @@ class Driver:
                 "profile": record.profile,
             },
         )
+        if self.settings.redis_url and handle.upstream_run_id:
+            # several nodes: the node that takes the session over if this one dies stops it
+            self.tasks.spawn(
+                self.store.runs.set_upstream_run_id(record.id, handle.upstream_run_id),
+                name=f"upstream-id:{record.id}",
+            )
         log.info(
             "run %s session %s started upstream %s in %.3fs",
             record.id,

@@ -176,6 +176,11 @@ class Upstream(Protocol):
         """``ready`` or ``unreachable`` (one quick request)."""
         ...
 
+    async def stop_run(self, upstream_run_id: str) -> bool:
+        """Ask the upstream to stop a run another process started (several nodes: a node that
+        died left it running); False where a run ends with its request's connection."""
+        ...
+
     async def context_length(self) -> int | None:
         """The context window the upstream reports for the configured model (cached), or None
         when it reports none. The config's ``context_length`` override is applied by callers."""

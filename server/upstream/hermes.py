@@ -118,6 +118,9 @@ class HermesUpstream(HttpAdapter):
             )
         return self.config.model
 
+    async def stop_run(self, upstream_run_id: str) -> bool:
+        return await HermesRun(self, upstream_run_id).stop()
+
     async def context_length(self) -> int | None:
         # The runs API states no window (not in /v1/models, /v1/capabilities or
         # /health/detailed); a refusal in ``run.failed`` still teaches it.

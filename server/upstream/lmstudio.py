@@ -183,6 +183,9 @@ class LMStudioUpstream:
             return "unreachable" if exc.code in UNREACHABLE_CODES else "degraded"
         return "ready"
 
+    async def stop_run(self, upstream_run_id: str) -> bool:
+        return False  # a streamed completion ends when its connection does
+
     async def context_length(self) -> int | None:
         key = self.config.model
         if key in self._context_lengths:

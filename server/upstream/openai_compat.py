@@ -170,6 +170,9 @@ class OpenAIUpstream(HttpAdapter):
             on_progress(1.0)
         return self.config.model
 
+    async def stop_run(self, upstream_run_id: str) -> bool:
+        return False  # a streamed completion ends when its connection does
+
     async def context_length(self) -> int | None:
         model = self.config.model
         if model in self._context:
