@@ -164,6 +164,22 @@ class Runs:
 
         await self.db.transact(tx)
 
+    async def busy(self, session_ids: list[str]) -> dict[str, str]:
+        """``running`` or ``queued`` for those of the sessions with a run so stored."""
+        if not session_ids:
+            return {}
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(Run.session_id, Run.status)
+                .where(Run.session_id.in_(session_ids), Run.status.in_(("running", "queued")))
+                .distinct()
+            )
+            found: dict[str, str] = {}
+            for sid, status in rows:
+                if found.get(sid) != "running":
+                    found[sid] = status
+            return found
+
     async def running(self, session_id: str) -> list[RunRecord]:
         """The session's runs stored as running (several nodes: left by a node that died)."""
         async with self.db.read() as conn:

@@ -14,6 +14,7 @@ import aiohttp
 import socketio
 from aiohttp import web
 
+from db.records import UserRecord
 from db.store import Store
 from server.auth import Authenticator
 from server.cluster import cluster
@@ -98,13 +99,22 @@ class Chatrun:
         self.cluster: Cluster | None = None
         if settings.redis_url:  # one node of several
             self.cluster = Cluster(settings, store, self.hub, self.flusher, self.runs, self.tasks)
-            self.namespace.router = self.cluster.router
-            self.cluster.bus.handler = self.namespace.command
+            self.namespace.router = self.sessions.router = self.cluster.router
+            self.cluster.bus.handler = self._command
         self.metrics.bind(
             sockets=lambda: len(self.namespace.connections),
             active_runs=self.runs.active_runs,
             queue_depth=lambda: sum(len(s.queue) for s in self.hub.sessions.values()),
             db_transactions=lambda: self.store.transactions,
+        )
+
+    async def _command(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Several nodes: a request another node forwarded (a socket event, or a REST call)."""
+        if "service" not in body:
+            return await self.namespace.command(body)
+        user = body.get("user") or {}
+        return await self.sessions.command(
+            UserRecord(id=int(user["id"]), name=str(user["name"])), body
         )
 
 

@@ -174,3 +174,26 @@ class ContextExceeded(UpstreamError):
             UpstreamCode.CONTEXT_EXCEEDED,
         )
         self.limit = limit
+
+
+def remote_error(payload: dict[str, Any]) -> ChatrunError:
+    """The error another node answered with (several nodes), raised again here with its code."""
+    code = str(payload.get("code") or "internal")
+    cls = next(
+        (c for c in _all_errors() if c.code == code and c is not ChatrunError),
+        ChatrunError,
+    )
+    error = cls.__new__(cls)
+    ChatrunError.__init__(error, str(payload.get("message") or code))
+    error.code = code
+    return error
+
+
+def _all_errors() -> list[type[ChatrunError]]:
+    found: list[type[ChatrunError]] = []
+    pending: list[type[ChatrunError]] = [ChatrunError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -316,3 +317,41 @@ async def test_a_paused_node_past_its_lease_is_fenced_and_stops(
 
 async def _truthy(value: object) -> bool:
     return bool(value)
+
+
+async def rest(nodes: Nodes, node: str, method: str, path: str, **body: Any) -> Any:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(
+            method,
+            nodes.url(node) + path,
+            json=body or None,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as response:
+            return response.status, await response.json()
+
+
+async def test_rest_calls_work_from_any_node(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    hermes.script = stream_forever
+    on_b = await tab_factory(nodes.url("b"))
+    first = await on_b.call("run", {"session_id": "s6", "input": "first"})
+    await on_b.wait_for(lambda _: len(on_b.text(first["run_id"])) > 20)
+    # the text in flight, read through the node that does not run the session
+    status, page = await rest(nodes, "a", "GET", "/api/sessions/s6/messages")
+    assert status == 200, page
+    answer = page["messages"][-1]
+    assert answer["role"] == "assistant" and answer["content"].startswith("t0 t1 t2 ")
+    status, listed = await rest(nodes, "a", "GET", "/api/sessions")
+    assert [(s["id"], s["status"]) for s in listed["sessions"]] == [("s6", "running")]
+    status, _ = await rest(nodes, "a", "PATCH", "/api/sessions/s6", title="Renamed")
+    assert status == 200
+    status, listed = await rest(nodes, "b", "GET", "/api/sessions")
+    assert listed["sessions"][0]["title"] == "Renamed"
+    # deleting through node a stops the run node b runs
+    status, _ = await rest(nodes, "a", "DELETE", "/api/sessions/s6")
+    assert status == 200
+    await on_b.wait_event("run.cancelled", timeout=15, run_id=first["run_id"])
+    for node in ("a", "b"):
+        status, body = await rest(nodes, node, "GET", "/api/sessions/s6/messages")
+        assert status == 404, body

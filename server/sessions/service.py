@@ -3,14 +3,17 @@ Every call checks that the session is the user's; reads never write."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db.records import SessionRecord, UserRecord
 from db.store import Store
-from server.errors import Forbidden, NotFound
+from server.errors import BadRequest, Forbidden, NotFound, remote_error
 from server.runs.manager import RunManager
 from server.sessions.hub import SessionHub
 from server.sessions.resume import with_drafts
+
+if TYPE_CHECKING:
+    from server.cluster.router import Router
 
 
 class SessionService:
@@ -18,6 +21,47 @@ class SessionService:
         self.store = store
         self.hub = hub
         self.runs = runs
+        self.router: Router | None = None  # several nodes: where a session is held
+
+    async def _elsewhere(
+        self, user: UserRecord, session_id: str, call: str, *, claim: bool = False, **args: Any
+    ) -> dict[str, Any] | None:
+        """Several nodes: the answer of the node that holds the session to ``call``, or None
+        when none other does (``claim``: this node takes the session when free)."""
+        router = self.router
+        if router is None or session_id in self.hub.sessions:
+            return None
+        node = await router.holder(session_id) if claim else await router.claims.holder(session_id)
+        if node is None:
+            return None
+        command = {
+            "service": call,
+            "user": {"id": user.id, "name": user.name},
+            "session_id": session_id,
+            **args,
+        }
+        answer = await router.bus.call(node, command)
+        error = answer.get("error")
+        if isinstance(error, dict):
+            raise remote_error(error)
+        return answer
+
+    async def command(self, user: UserRecord, body: dict[str, Any]) -> dict[str, Any]:
+        """Several nodes: a call another node forwarded for a session this node holds."""
+        session_id = str(body.get("session_id"))
+        call = body.get("service")
+        if call == "messages":
+            messages, has_more = await self.messages(
+                user, session_id, int(body["limit"]), body.get("before")
+            )
+            return {"messages": messages, "has_more": has_more}
+        if call == "rename":
+            await self.rename(user, session_id, str(body["title"]))
+            return {"ok": True}
+        if call == "delete":
+            await self.delete(user, session_id)
+            return {"ok": True}
+        raise BadRequest(f"unknown call {str(call)[:32]!r}")
 
     async def _stored(self, user: UserRecord, session_id: str) -> SessionRecord:
         """The session as stored, for its owner (``NotFound``, ``Forbidden``); it is not
@@ -48,6 +92,10 @@ class SessionService:
         """A page of the user's sessions, newest activity first, and the cursor of the next."""
         rows = await self.store.sessions.page(user.id, limit + 1, before)
         page = rows[:limit]
+        stored: dict[str, str] = {}
+        if self.router is not None:  # sessions other nodes hold: as the database has them
+            elsewhere = [s.id for s, _, _ in page if s.id not in self.hub.sessions]
+            stored = await self.store.runs.busy(elsewhere)
         sessions = [
             {
                 "id": s.id,
@@ -55,7 +103,7 @@ class SessionService:
                 "preview": preview,
                 "created_at": s.created_at,
                 "updated_at": s.updated_at,
-                "status": self._status(s.id),
+                "status": stored.get(s.id) or self._status(s.id),
                 "message_count": count,
             }
             for s, preview, count in page
@@ -76,6 +124,9 @@ class SessionService:
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of messages (oldest first) with the in-flight text, and whether there are
         older ones."""
+        remote = await self._elsewhere(user, session_id, "messages", limit=limit, before=before)
+        if remote is not None:
+            return list(remote["messages"]), bool(remote["has_more"])
         await self._stored(user, session_id)
         records = await self.store.messages.recent(session_id, limit + 1, before)
         has_more = len(records) > limit
@@ -83,6 +134,8 @@ class SessionService:
         return [r.to_payload() for r in records], has_more
 
     async def rename(self, user: UserRecord, session_id: str, title: str) -> None:
+        if await self._elsewhere(user, session_id, "rename", title=title) is not None:
+            return
         await self._stored(user, session_id)
         await self.store.sessions.rename(session_id, title)
         state = self.hub.sessions.get(session_id)
@@ -91,4 +144,8 @@ class SessionService:
 
     async def delete(self, user: UserRecord, session_id: str) -> None:
         """Delete a session: its queue is cancelled and a running run aborted first."""
+        if await self._elsewhere(user, session_id, "delete", claim=True) is not None:
+            return
         await self.runs.delete_session(user, session_id)
+        if self.router is not None:
+            await self.router.claims.release(session_id)
