@@ -320,14 +320,16 @@ async def _truthy(value: object) -> bool:
 
 
 async def rest(nodes: Nodes, node: str, method: str, path: str, **body: Any) -> Any:
-    async with aiohttp.ClientSession() as http:
-        async with http.request(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
             method,
             nodes.url(node) + path,
             json=body or None,
             headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as response:
-            return response.status, await response.json()
+        ) as response,
+    ):
+        return response.status, await response.json()
 
 
 async def test_rest_calls_work_from_any_node(
