@@ -19,6 +19,7 @@ from db.store import Store
 from server.auth import Authenticator
 from server.cluster import cluster
 from server.cluster.cluster import Cluster
+from server.cluster.fanout import RedisFanout
 from server.context.tokens import TokenCounter
 from server.http.admin import AdminApi
 from server.http.api import SessionApi, api_errors
@@ -98,7 +99,11 @@ class Chatrun:
         )
         self.cluster: Cluster | None = None
         if settings.redis_url:  # one node of several
-            self.cluster = Cluster(settings, store, self.hub, self.flusher, self.runs, self.tasks)
+            manager = sio.manager
+            fanout = manager if isinstance(manager, RedisFanout) else None
+            self.cluster = Cluster(
+                settings, store, self.hub, self.flusher, self.runs, self.tasks, fanout
+            )
             self.namespace.router = self.sessions.router = self.cluster.router
             self.cluster.bus.handler = self._command
         self.metrics.bind(

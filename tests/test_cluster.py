@@ -18,10 +18,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
 from tests.fakes.hermes import FakeHermes, FakeRun
 from tests.helpers import TOKEN, TabFactory, free_port, until_async
-from tests.services import postgres_database, redis_prefix
+from tests.services import REDIS_URL, postgres_database, redis_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_S = 2.0
@@ -357,3 +358,68 @@ async def test_rest_calls_work_from_any_node(
     for node in ("a", "b"):
         status, body = await rest(nodes, node, "GET", "/api/sessions/s6/messages")
         assert status == 404, body
+
+
+async def health(nodes: Nodes, node: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(nodes.url(node) + "/healthz") as resp:
+        return dict(await resp.json())
+
+
+async def test_killed_pubsub_connections_come_back_and_a_resume_repairs_the_gap(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    hermes.script = stream_slowly
+    on_a = await tab_factory(nodes.url("a"))
+    on_b = await tab_factory(nodes.url("b"))
+    first = await on_a.call("run", {"session_id": "s7", "input": "one"})
+    assert (await on_b.call("resume", {"session_id": "s7", "last_seq": 0}))["ok"]
+    await on_b.wait_event("message.delta", run_id=first["run_id"])
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        killed = await redis.client_kill_filter(_type="pubsub")
+    finally:
+        await redis.aclose()
+    assert killed >= 4  # fan-out and commands, on each node
+
+    async def back() -> bool:
+        states = [await health(nodes, n) for n in ("a", "b")]
+        return all(
+            s["cluster"]["redis"] == "ok" and s["cluster"]["resubscribed"] >= 2 for s in states
+        )
+
+    await until_async(back, timeout=10, what="the listeners never came back")
+    await on_a.wait_event("run.completed", timeout=15, run_id=first["run_id"])
+    # node b's tab may have missed events while its listener was away: a resume from the
+    # last seq before the first gap repairs it, as the client's seq rule does
+    seen = on_b.seqs("s7")
+    last = next((a for a, b in zip(seen, seen[1:], strict=False) if b != a + 1), seen[-1])
+    answer = await on_b.call("resume", {"session_id": "s7", "last_seq": last})
+    assert answer["ok"]
+    await on_b.wait_for(lambda _: set(on_a.seqs("s7")) <= set(on_b.seqs("s7")))
+    # and the next run streams to both through the new subscriptions
+    second = await on_b.call("run", {"session_id": "s7", "input": "two"})
+    for tab in (on_a, on_b):
+        await tab.wait_event("run.completed", timeout=15, run_id=second["run_id"])
+    assert on_a.text(second["run_id"]) == on_b.text(second["run_id"])
+
+
+async def test_idle_connections_closed_by_redis_are_replaced(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    await redis.config_set("timeout", 1)  # Redis closes idle clients (never pub/sub ones)
+    try:
+        on_a = await tab_factory(nodes.url("a"))
+        on_b = await tab_factory(nodes.url("b"))
+        await asyncio.sleep(3)  # every idle publishing connection is gone now
+        ack = await on_b.call("run", {"session_id": "s8", "input": "after a pause"})
+        assert ack["ok"], ack
+        assert (await on_a.call("resume", {"session_id": "s8", "last_seq": 0}))["ok"]
+        for tab in (on_a, on_b):
+            await tab.wait_event("run.completed", timeout=15, run_id=ack["run_id"])
+        assert on_a.seqs("s8") == on_b.seqs("s8")
+        for node in ("a", "b"):
+            assert (await health(nodes, node))["status"] == "ok"
+    finally:
+        await redis.config_set("timeout", 0)
+        await redis.aclose()

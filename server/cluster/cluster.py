@@ -8,11 +8,11 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
-import socketio
 
 from db.store import Store
 from server.cluster.bus import Bus
 from server.cluster.claims import Claims
+from server.cluster.fanout import RedisFanout
 from server.cluster.node import Node, generated_id
 from server.cluster.router import Router
 from server.cluster.sharedlog import SharedLog
@@ -30,12 +30,9 @@ log = logging.getLogger("chatrun.cluster")
 LOG_TTL_S = 24 * 3600.0  # a session's shared log outlives its last event by a day
 
 
-def client_manager(settings: Settings) -> socketio.AsyncRedisManager:
-    """python-socketio's fan-out through Redis: an emit reaches the room's sockets on every
-    node."""
-    return socketio.AsyncRedisManager(
-        settings.redis_url, channel=f"{settings.redis_prefix}:socketio"
-    )
+def client_manager(settings: Settings) -> RedisFanout:
+    """The fan-out through Redis: an emit reaches the room's sockets on every node."""
+    return RedisFanout(settings.redis_url, channel=f"{settings.redis_prefix}:socketio")
 
 
 class Cluster:
@@ -47,8 +44,10 @@ class Cluster:
         flusher: Flusher,
         runs: RunManager,
         tasks: TaskSet,
+        fanout: RedisFanout | None,
     ) -> None:
         self.settings = settings
+        self.fanout = fanout
         self.hub = hub
         self.runs = runs
         self.tasks = tasks
@@ -102,6 +101,8 @@ class Cluster:
             log.warning("node %s could not hand its sessions over: %s", self.node_id, exc)
         await self.bus.close()
         await self.redis.aclose()
+        if self.fanout is not None:
+            await self.fanout.close()
 
     def lose(self, state: SessionState) -> None:
         """Another node took this session over: drop it and stop its run, writing nothing."""
@@ -121,12 +122,17 @@ class Cluster:
         self.claims.fences.clear()
 
     def health(self) -> dict[str, Any]:
+        fanout_ok = self.fanout is None or self.fanout.healthy
         return {
             "node": self.node_id,
             "lease": "held" if self.node.live else "lost",
-            "redis": "ok" if self.bus.healthy else "down",
+            "redis": "ok" if self.bus.healthy and fanout_ok else "down",
+            "commands": "subscribed" if self.bus.healthy else "down",
+            "fanout": "subscribed" if fanout_ok else "down",
             "sessions_held": len(self.claims.fences),
             "taken_over": self.takeover.taken,
             "lost": self.lost,
-            "resubscribed": self.bus.resubscribed,
+            "resubscribed": self.bus.resubscribed
+            + (self.fanout.resubscribed if self.fanout is not None else 0),
+            "lost_publishes": self.fanout.lost_publishes if self.fanout is not None else 0,
         }
