@@ -6,6 +6,7 @@ a stopping node hands its sessions over at once."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -392,7 +393,7 @@ async def test_killed_pubsub_connections_come_back_and_a_resume_repairs_the_gap(
     # node b's tab may have missed events while its listener was away: a resume from the
     # last seq before the first gap repairs it, as the client's seq rule does
     seen = on_b.seqs("s7")
-    last = next((a for a, b in zip(seen, seen[1:], strict=False) if b != a + 1), seen[-1])
+    last = next((a for a, b in itertools.pairwise(seen) if b != a + 1), seen[-1])
     answer = await on_b.call("resume", {"session_id": "s7", "last_seq": last})
     assert answer["ok"]
     await on_b.wait_for(lambda _: set(on_a.seqs("s7")) <= set(on_b.seqs("s7")))
