@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import TOKEN, TabFactory, free_port, until_async
+from tests.helpers import TOKEN, Tab, TabFactory, free_port, until_async
 from tests.services import REDIS_URL, postgres_database, redis_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +160,34 @@ async def stream_forever(run: FakeRun) -> None:
         await asyncio.sleep(0.05)
 
 
+async def repair(tab: Tab, session_id: str) -> None:
+    """Resume from the last seq before the first gap, as the browser client does."""
+    seen = tab.seqs(session_id)
+    last = next((a for a, b in itertools.pairwise(seen) if b != a + 1), seen[-1])
+    if last == seen[-1]:
+        return
+    assert (await tab.call("resume", {"session_id": session_id, "last_seq": last}))["ok"]
+    await tab.wait_for(lambda _: contiguous([e["seq"] for e in client_view(tab, session_id)]))
+
+
+def client_view(tab: Tab, session_id: str) -> list[dict[str, Any]]:
+    """The session's events as a client keeps them: each seq once, in order."""
+    kept: dict[int, dict[str, Any]] = {}
+    for name, data in tab.events:
+        mine = isinstance(data, dict) and data.get("session_id") == session_id
+        if name != "resumed" and mine and "seq" in data:
+            kept.setdefault(data["seq"], data)
+    return [kept[seq] for seq in sorted(kept)]
+
+
+def client_text(tab: Tab, session_id: str, run_id: str) -> str:
+    return "".join(
+        e["delta"]
+        for e in client_view(tab, session_id)
+        if e.get("event") == "message.delta" and e.get("run_id") == run_id
+    )
+
+
 def contiguous(seqs: list[int]) -> bool:
     return seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
 
@@ -236,15 +264,20 @@ async def test_a_node_killed_mid_stream_is_taken_over_with_every_token_a_client_
     [left] = [r for r in hermes.runs.values() if r.body["input"] == "first"]
     assert hermes.stop_calls == [left.run_id]
     await on_b.wait_event("run.completed", timeout=15, run_id=second["run_id"])
-    seqs = on_b.seqs("s3")
-    assert contiguous(seqs) and failed["seq"] > seen_seq  # no gap, nothing reused
+    assert failed["seq"] > seen_seq  # nothing reused
+    # events node a logged but had not yet fanned out when it died show as a gap, which a
+    # resume repairs, as a client's seq rule does
+    await repair(on_b, "s3")
+    seqs = [e["seq"] for e in client_view(on_b, "s3")]
+    assert contiguous(seqs) and seqs[0] == 1
     [stored] = await db_rows(
         nodes,
         "SELECT content, status FROM messages WHERE run_id = $1 AND role = 'assistant'",
         first["run_id"],
     )
     assert stored["status"] == "interrupted"
-    assert stored["content"].startswith(seen) and stored["content"] == on_b.text(first["run_id"])
+    assert stored["content"].startswith(seen)
+    assert stored["content"] == client_text(on_b, "s3", first["run_id"])
     runs = await db_rows(nodes, "SELECT id, status FROM runs ORDER BY position")
     assert [(r["id"], r["status"]) for r in runs] == [
         (first["run_id"], "interrupted"),
@@ -290,8 +323,9 @@ async def test_a_paused_node_past_its_lease_is_fenced_and_stops(
     nodes.signal("a", signal.SIGSTOP)  # paused: its lease runs out, node b takes over
     failed = await on_b.wait_event("run.failed", timeout=LEASE_S + 10, run_id=first["run_id"])
     assert failed["code"] == "interrupted"
-    taken_text = on_b.text(first["run_id"])
-    seqs_at_takeover = on_b.seqs("s5")
+    await repair(on_b, "s5")
+    taken_text = client_text(on_b, "s5", first["run_id"])
+    received = len(on_b.events)
     nodes.signal("a", signal.SIGCONT)  # it wakes up with a stale fence
 
     async def a_gave_up() -> bool:
@@ -300,8 +334,8 @@ async def test_a_paused_node_past_its_lease_is_fenced_and_stops(
     await until_async(a_gave_up, timeout=10, what="node a never noticed it lost the session")
     await asyncio.sleep(1.0)  # anything it would still send arrives by now
     # nothing node a streamed after the takeover reached the tab, and nothing was reused
-    assert on_b.seqs("s5") == seqs_at_takeover and contiguous(seqs_at_takeover)
-    assert on_b.text(first["run_id"]) == taken_text
+    assert len(on_b.events) == received
+    assert contiguous([e["seq"] for e in client_view(on_b, "s5")])
     [stored] = await db_rows(
         nodes,
         "SELECT content, status FROM messages WHERE run_id = $1 AND role = 'assistant'",
@@ -392,10 +426,7 @@ async def test_killed_pubsub_connections_come_back_and_a_resume_repairs_the_gap(
     await on_a.wait_event("run.completed", timeout=15, run_id=first["run_id"])
     # node b's tab may have missed events while its listener was away: a resume from the
     # last seq before the first gap repairs it, as the client's seq rule does
-    seen = on_b.seqs("s7")
-    last = next((a for a, b in itertools.pairwise(seen) if b != a + 1), seen[-1])
-    answer = await on_b.call("resume", {"session_id": "s7", "last_seq": last})
-    assert answer["ok"]
+    await repair(on_b, "s7")
     await on_b.wait_for(lambda _: set(on_a.seqs("s7")) <= set(on_b.seqs("s7")))
     # and the next run streams to both through the new subscriptions
     second = await on_b.call("run", {"session_id": "s7", "input": "two"})
