@@ -47,6 +47,7 @@ log = logging.getLogger("chatrun")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 EVICT_EVERY = 60.0
+UPSTREAMS_CHANGED = "upstreams_changed"
 
 
 class Chatrun:
@@ -105,6 +106,9 @@ class Chatrun:
                 settings, store, self.hub, self.flusher, self.runs, self.tasks, fanout
             )
             self.namespace.router = self.sessions.router = self.cluster.router
+            self.namespace.user_limits = self.cluster.limits
+            self.upstream_admin.changed = self._upstreams_changed
+            self.cluster.bus.on_news = self._news
             self.cluster.bus.handler = self._command
         self.metrics.bind(
             sockets=lambda: len(self.namespace.connections),
@@ -112,6 +116,16 @@ class Chatrun:
             queue_depth=lambda: sum(len(s.queue) for s in self.hub.sessions.values()),
             db_transactions=lambda: self.store.transactions,
         )
+
+    async def _upstreams_changed(self) -> None:
+        assert self.cluster is not None
+        await self.cluster.bus.broadcast({"news": UPSTREAMS_CHANGED})
+
+    async def _news(self, body: dict[str, Any]) -> None:
+        """Several nodes: what another node told every node."""
+        if body.get("news") == UPSTREAMS_CHANGED:
+            await self.upstreams.sync()
+            log.info("upstream configs changed on another node; new runs use them now")
 
     async def _command(self, body: dict[str, Any]) -> dict[str, Any]:
         """Several nodes: a request another node forwarded (a socket event, or a REST call)."""

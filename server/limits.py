@@ -1,12 +1,36 @@
-"""Per-user limits: a token bucket on ``run`` and a cap on open connections."""
+"""Per-user limits: a token bucket on ``run`` and a cap on open connections. This process
+counts them itself; several nodes count them together in Redis (``server.cluster.limits``)."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from server.errors import RateLimited
+
+
+class PerUserLimits(Protocol):
+    async def take_run(self, user_id: int) -> None:
+        """Spend one run from the user's bucket, or raise ``RateLimited``."""
+        ...
+
+    async def connect(self, user_id: int) -> None:
+        """Count a new connection of the user, or raise ``RateLimited`` past the cap."""
+        ...
+
+    async def disconnect(self, user_id: int) -> None: ...
+
+
+def runs_refused(per_min: float, burst: int, wait: float) -> RateLimited:
+    return RateLimited(
+        f"too many runs: at most {per_min:g} per minute (burst {burst}); try again in {wait:.1f} s"
+    )
+
+
+def connections_refused(cap: int) -> RateLimited:
+    return RateLimited(f"too many connections: at most {cap} per user; close another tab first")
 
 
 @dataclass(slots=True)
@@ -25,8 +49,7 @@ class UserLimits:
         self._buckets: dict[int, _Bucket] = {}
         self.connections: Counter[int] = Counter()
 
-    def take_run(self, user_id: int) -> None:
-        """Spend one run from the user's bucket, or raise ``RateLimited``."""
+    async def take_run(self, user_id: int) -> None:
         if self.rate <= 0:
             return
         now = time.monotonic()
@@ -37,22 +60,15 @@ class UserLimits:
         bucket.stamp = now
         if bucket.tokens < 1.0:
             wait = (1.0 - bucket.tokens) / self.rate
-            raise RateLimited(
-                f"too many runs: at most {self.rate * 60:g} per minute (burst {self.burst}); "
-                f"try again in {wait:.1f} s"
-            )
+            raise runs_refused(self.rate * 60, self.burst, wait)
         bucket.tokens -= 1.0
 
-    def connect(self, user_id: int) -> None:
-        """Count a new connection of the user, or raise ``RateLimited`` past the cap."""
+    async def connect(self, user_id: int) -> None:
         if self.max_connections and self.connections[user_id] >= self.max_connections:
-            raise RateLimited(
-                f"too many connections: at most {self.max_connections} per user; "
-                "close another tab first"
-            )
+            raise connections_refused(self.max_connections)
         self.connections[user_id] += 1
 
-    def disconnect(self, user_id: int) -> None:
+    async def disconnect(self, user_id: int) -> None:
         self.connections[user_id] -= 1
         if self.connections[user_id] <= 0:
             del self.connections[user_id]

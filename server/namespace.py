@@ -13,7 +13,7 @@ import socketio
 from db.records import UserRecord
 from server.auth import Authenticator
 from server.errors import BadRequest, ChatrunError, Fenced, RateLimited
-from server.limits import UserLimits
+from server.limits import PerUserLimits
 from server.payloads import (
     IDENTIFIER,
     CancelQueuedPayload,
@@ -54,7 +54,7 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         runs: RunManager,
         sessions: SessionService,
         limits: Limits,
-        user_limits: UserLimits,
+        user_limits: PerUserLimits,
     ) -> None:
         super().__init__(NAMESPACE)
         self.auth = auth
@@ -140,7 +140,7 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if user is None:
             raise socketio.exceptions.ConnectionRefusedError("Authentication failed")
         try:
-            self.user_limits.connect(user.id)
+            await self.user_limits.connect(user.id)
         except RateLimited as exc:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code}
@@ -152,13 +152,13 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         connection = self.connections.pop(sid, None)
         if connection is not None:
-            self.user_limits.disconnect(connection.user.id)
+            await self.user_limits.disconnect(connection.user.id)
 
     # -- events -------------------------------------------------------------------------------
 
     async def _run(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:
         request = RunPayload.from_payload(payload, self.limits)
-        self.user_limits.take_run(conn.user.id)
+        await self.user_limits.take_run(conn.user.id)
         return await self.runs.submit(conn.user, conn.profile, request, sid)
 
     async def _cancel_queued_run(self, sid: str, conn: Connection, payload: Any) -> dict[str, Any]:

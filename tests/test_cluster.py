@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+import socketio
 
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import TOKEN, Tab, TabFactory, free_port, until_async
+from tests.helpers import ADMIN_TOKEN, TOKEN, Tab, TabFactory, free_port, until_async
 from tests.services import REDIS_URL, postgres_database, redis_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +57,7 @@ class Nodes:
             "CHATRUN_DATA_DIR": str(self.tmp / name),
             "CHATRUN_PORT": str(port),
             "CHATRUN_AUTH_TOKEN": TOKEN,
+            "CHATRUN_ADMIN_TOKEN": ADMIN_TOKEN,
             "CHATRUN_UPSTREAM_URL": self.upstream,
             "CHATRUN_FLUSH_INTERVAL_MS": "100",
             "CHATRUN_DATABASE_URL": self.database_url,
@@ -118,18 +121,24 @@ async def _listening(port: int) -> bool:
     return True
 
 
-@pytest.fixture
-async def nodes(tmp_path: Path, hermes: FakeHermes) -> AsyncIterator[Nodes]:
+@asynccontextmanager
+async def two_nodes(tmp: Path, upstream: str, **settings: str) -> AsyncIterator[Nodes]:
     async with postgres_database() as url, redis_prefix() as prefix:
-        cluster = Nodes(tmp_path, url, prefix, hermes.url)
+        cluster = Nodes(tmp, url, prefix, upstream)
         try:
-            await cluster.start("a")
+            await cluster.start("a", **settings)
             await cluster.ready("a")  # the first one migrates the empty database
-            await cluster.start("b")
+            await cluster.start("b", **settings)
             await cluster.ready("b")
             yield cluster
         finally:
             cluster.close()
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, hermes: FakeHermes) -> AsyncIterator[Nodes]:
+    async with two_nodes(tmp_path, hermes.url) as cluster:
+        yield cluster
 
 
 async def db_rows(nodes: Nodes, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -455,3 +464,50 @@ async def test_idle_connections_closed_by_redis_are_replaced(
     finally:
         await redis.config_set("timeout", 0)
         await redis.aclose()
+
+
+async def test_per_user_limits_hold_across_nodes(
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    limits = {
+        "CHATRUN_MAX_CONNECTIONS_PER_USER": "3",
+        "CHATRUN_RATE_RUNS_PER_MIN": "1",
+        "CHATRUN_RATE_RUNS_BURST": "3",
+    }
+    async with two_nodes(tmp_path, hermes.url, **limits) as nodes:
+        tabs = [await tab_factory(nodes.url(n)) for n in ("a", "b", "a")]
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await tab_factory(nodes.url("b"))
+        await tabs[2].close()  # a tab closes on node a: node b takes a new one
+        tabs[2] = await tab_factory(nodes.url("b"))
+        answers = [
+            await tab.call("run", {"session_id": f"l{i}", "input": "hi"})
+            for i, tab in enumerate([*tabs, tabs[0]])
+        ]
+        assert [a["ok"] for a in answers] == [True, True, True, False]
+        assert answers[3]["error"]["code"] == "rate_limited"
+
+
+async def test_an_upstream_config_changed_on_one_node_applies_on_every_node(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    async with FakeHermes() as other:
+        body = {"name": "other", "kind": "hermes", "url": other.url}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                nodes.url("a") + "/api/admin/upstreams",
+                json=body,
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as response,
+        ):
+            assert response.status == 201, await response.text()
+        on_b = await tab_factory(nodes.url("b"), profile="other")
+
+        async def runs_on_other() -> bool:
+            ack = await on_b.call("run", {"session_id": f"u{time.monotonic()}", "input": "hi"})
+            return bool(ack.get("ok"))
+
+        await until_async(runs_on_other, timeout=10, what="node b never learnt the new config")
+        await other.wait_for_run()
+        assert other.bodies() and not hermes.bodies()

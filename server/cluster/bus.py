@@ -1,5 +1,6 @@
 """Commands between nodes: a node asks another (a session's owner) to handle a request and
-waits for its reply, over Redis pub/sub (one channel per node).
+waits for its reply, over Redis pub/sub (one channel per node); and news every node hears
+(``broadcast``, one channel for all).
 
 The listener resubscribes on its own when its connection dies (a Redis restart, a killed
 client); ``healthy`` says whether it is subscribed now. A command that no node receives, or
@@ -37,6 +38,7 @@ class Bus:
         self._publisher = aioredis.Redis.from_url(redis_url)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.handler: Handler | None = None
+        self.on_news: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self.healthy = False
         self.resubscribed = 0  # times the listener came back after losing its connection
         self._listener: asyncio.Task[None] | None = None
@@ -44,6 +46,18 @@ class Bus:
 
     def channel(self, node_id: str) -> str:
         return f"{self._prefix}:node:{node_id}"
+
+    @property
+    def news_channel(self) -> str:
+        return f"{self._prefix}:news"
+
+    async def broadcast(self, body: dict[str, Any]) -> None:
+        """Tell every other node (best effort: a node that misses it catches up at start)."""
+        message = {"kind": "news", "from": self.node_id, "body": body}
+        try:
+            await self._publisher.publish(self.news_channel, json.dumps(message))
+        except aioredis.RedisError as exc:
+            log.warning("node %s: news not sent: %s", self.node_id, exc)
 
     async def open(self) -> None:
         self._listener = self._tasks.spawn(self._listen(), name="cluster-bus")
@@ -85,7 +99,7 @@ class Bus:
             client = aioredis.Redis.from_url(self._url, socket_timeout=None)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel(self.node_id))
+                await pubsub.subscribe(self.channel(self.node_id), self.news_channel)
                 if self._subscribed.is_set():
                     self.resubscribed += 1
                     log.warning("node %s: command channel subscribed again", self.node_id)
@@ -118,6 +132,12 @@ class Bus:
                 future.set_result(message.get("body") or {})
         elif message.get("kind") == "call":
             self._tasks.spawn(self._answer(message), name=f"command:{message.get('id')}")
+        elif message.get("kind") == "news" and message.get("from") != self.node_id:
+            self._tasks.spawn(self._hear(message.get("body") or {}), name="news")
+
+    async def _hear(self, body: dict[str, Any]) -> None:
+        if self.on_news is not None:
+            await self.on_news(body)
 
     async def _answer(self, message: dict[str, Any]) -> None:
         body: dict[str, Any]

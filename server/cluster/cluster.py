@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -13,6 +14,7 @@ from db.store import Store
 from server.cluster.bus import Bus
 from server.cluster.claims import Claims
 from server.cluster.fanout import RedisFanout
+from server.cluster.limits import SharedLimits
 from server.cluster.node import Node, generated_id
 from server.cluster.router import Router
 from server.cluster.sharedlog import SharedLog
@@ -28,6 +30,7 @@ from server.tasks import TaskSet
 log = logging.getLogger("chatrun.cluster")
 
 LOG_TTL_S = 24 * 3600.0  # a session's shared log outlives its last event by a day
+LIVE_NODES_TTL_S = 2.0
 
 
 def client_manager(settings: Settings) -> RedisFanout:
@@ -63,6 +66,17 @@ class Cluster:
         self.bus = Bus(settings.redis_url, settings.redis_prefix, node_id, tasks)
         self.router = Router(self.claims, self.bus)
         self.takeover = Takeover(store, hub, self.claims, self.shared, runs, tasks)
+        self.limits = SharedLimits(
+            self.redis,
+            settings.redis_prefix,
+            node_id,
+            self.live_nodes,
+            settings.rate_runs_per_min,
+            settings.rate_runs_burst,
+            settings.max_connections_per_user,
+        )
+        self._owners = store.owners
+        self._live: tuple[float, set[str]] = (0.0, set())
         # wired into the single-node parts
         hub.claims = self.claims
         hub.outbox.shared = self.shared
@@ -82,6 +96,15 @@ class Cluster:
     async def open(self) -> None:
         await self.node.start()
         await self.bus.open()
+        await self.limits.clear()
+
+    async def live_nodes(self) -> set[str]:
+        """The ids of nodes whose lease holds (read at most every two seconds)."""
+        read_at, live = self._live
+        if time.monotonic() - read_at > LIVE_NODES_TTL_S:
+            live = {n.id for n in await self._owners.nodes() if n.alive}
+            self._live = (time.monotonic(), live)
+        return live
 
     def start(self) -> None:
         """Background work: the lease, and taking over sessions no live node holds."""

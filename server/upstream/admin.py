@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,8 @@ class UpstreamAdmin:
         self.upstreams = upstreams
         self.health = health
         self._lock = asyncio.Lock()
+        # several nodes: tells the other nodes that the stored configs changed
+        self.changed: Callable[[], Awaitable[None]] | None = None
 
     def _record(self, name: str) -> Any:
         record = self.upstreams.records.get(name)
@@ -35,6 +38,10 @@ class UpstreamAdmin:
             known = ", ".join(sorted(self.upstreams.records)) or "none"
             raise NotFound(f"no upstream config {name!r} (known: {known})")
         return record
+
+    async def _announce(self) -> None:
+        if self.changed is not None:
+            await self.changed()
 
     def show(self, name: str) -> dict[str, Any]:
         record = self._record(name)
@@ -53,6 +60,7 @@ class UpstreamAdmin:
             await self.upstreams.apply(record)
             self.health.reset(record.name)
         log.info("upstream config %r created (%s at %s)", record.name, record.kind, record.url)
+        await self._announce()
         return self.show(record.name)
 
     async def update(self, name: str, payload: object) -> dict[str, Any]:
@@ -69,6 +77,7 @@ class UpstreamAdmin:
             await self.upstreams.apply(record)
             self.health.reset(name)
         log.info("upstream config %r updated; new runs use it now", name)
+        await self._announce()
         return self.show(name)
 
     async def delete(self, name: str) -> None:
@@ -82,6 +91,7 @@ class UpstreamAdmin:
             await self.upstreams.remove(name)
             self.health.forget(name)
         log.info("upstream config %r deleted", name)
+        await self._announce()
 
     async def test(self, name: str) -> dict[str, Any]:
         """Prepare and smoke-check a config; the result is stored and shown with it."""
@@ -119,4 +129,5 @@ class UpstreamAdmin:
             await self.store.upstream_configs.update(record)
             await self.upstreams.apply(record)
         log.info("upstream config %r is now active", name)
+        await self._announce()
         return {"activated": True, "check": check, "config": self.show(name)}

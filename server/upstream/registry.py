@@ -191,6 +191,16 @@ class Upstreams:
         else:
             self._closing.append(adapter)
 
+    async def sync(self) -> None:
+        """Several nodes: read the stored configs again after another node changed them; new
+        runs use them from now on."""
+        records = {r.name: r for r in await self.store.upstream_configs.all()}
+        for name in [n for n in self.records if n not in records]:
+            await self.remove(name)
+        for record in records.values():
+            self._install(record)
+        await self._close_pending()
+
     async def apply(self, record: UpstreamConfigRecord) -> None:
         """A config was created or changed: new runs use it from now on."""
         self._install(record)
