@@ -155,6 +155,7 @@ def create_app(
         async_mode="aiohttp",
         client_manager=client_manager,
         max_http_buffer_size=settings.message_bytes,
+        transports=settings.transport_list,
         cors_allowed_origins=socketio_origins(settings),
         logger=False,
         engineio_logger=False,

@@ -158,6 +158,11 @@ class Settings:
         "This node's id among several (letters, digits, `.`, `-`, `_`); default: generated "
         "per process.",
     )
+    transports: str = _setting(
+        "websocket,polling",
+        "Socket.IO transports accepted: `websocket` alone suits load balancers without "
+        "sticky sessions (long-polling needs every request of a socket on one node).",
+    )
     node_lease_s: float = _setting(
         10.0,
         "Seconds a node's lease lasts; renewed every third of it. Another node takes over the "
@@ -244,7 +249,16 @@ class Settings:
             parse_user_tokens(self.auth_tokens)
         self._validate_cluster()
 
+    @property
+    def transport_list(self) -> list[str]:
+        return [t.strip() for t in self.transports.split(",") if t.strip()]
+
     def _validate_cluster(self) -> None:
+        transports = self.transport_list
+        if not transports or set(transports) - {"websocket", "polling"}:
+            raise ConfigError(
+                "CHATRUN_TRANSPORTS must name `websocket`, `polling` or both (comma-separated)"
+            )
         if self.node_lease_s < 1:
             raise ConfigError("CHATRUN_NODE_LEASE_S must be at least 1")
         if self.node_id and not _NODE_ID.fullmatch(self.node_id):

@@ -18,7 +18,11 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def _missing(what: str, exc: BaseException) -> None:
-    reason = f"{what} does not answer ({type(exc).__name__}: {exc})"
+    unavailable(f"{what} does not answer ({type(exc).__name__}: {exc})")
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test, or fail it where the services are required."""
     if os.environ.get("CHATRUN_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{reason}; CHATRUN_REQUIRE_SERVICES=1 requires it")
     pytest.skip(reason)

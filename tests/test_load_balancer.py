@@ -1,0 +1,87 @@
+"""Two nodes behind a real nginx, as docs/deployment.md sets it up: websocket-only nodes behind
+plain round robin, long-polling behind sticky sessions, and the browser client refreshing onto
+the other node."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, expect
+
+from tests.cluster import two_nodes
+from tests.fakes.hermes import FakeHermes
+from tests.helpers import TabFactory
+from tests.nginx import Nginx
+from tests.pages import last_assistant, send, signed_in_page, words
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Site:
+    """What the page helpers need of a server: its address."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+@pytest.fixture
+async def websocket_only(tmp_path: Path, hermes: FakeHermes) -> AsyncIterator[Nginx]:
+    async with two_nodes(tmp_path, hermes.url, CHATRUN_TRANSPORTS="websocket") as nodes:
+        nginx = Nginx(tmp_path / "nginx", list(nodes.ports.values()), sticky=False)
+        await nginx.start()
+        try:
+            yield nginx
+        finally:
+            nginx.stop()
+
+
+async def test_websocket_only_nodes_behind_round_robin(
+    websocket_only: Nginx, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    first = await tab_factory(websocket_only.url)
+    second = await tab_factory(websocket_only.url)
+    ack = await first.call("run", {"session_id": "lb1", "input": "hello"})
+    assert (await second.call("resume", {"session_id": "lb1", "last_seq": 0}))["ok"]
+    for tab in (first, second):
+        await tab.wait_event("run.completed", timeout=15, run_id=ack["run_id"])
+    assert first.seqs("lb1") == second.seqs("lb1")
+    await first.close()
+    await second.close()
+    # round robin put the two sockets on different nodes
+    assert len(set(websocket_only.upstreams("/socket.io/"))) == 2
+
+
+async def test_long_polling_behind_sticky_sessions(
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    async with two_nodes(tmp_path, hermes.url) as nodes:
+        nginx = Nginx(tmp_path / "nginx", list(nodes.ports.values()), sticky=True)
+        await nginx.start()
+        try:
+            tab = await tab_factory(nginx.url, transports=["polling"])
+            ack = await tab.call("run", {"session_id": "lb2", "input": "over polling"})
+            await tab.wait_event("run.completed", timeout=15, run_id=ack["run_id"])
+            assert tab.text(ack["run_id"])
+            assert len(set(nginx.upstreams("/socket.io/"))) == 1  # every request on one node
+        finally:
+            nginx.stop()
+
+
+async def test_a_refreshed_page_lands_on_the_other_node_and_shows_the_chat(
+    websocket_only: Nginx, hermes: FakeHermes, browser: Browser
+) -> None:
+    hermes.script = words(12, 0.05)
+    page, _ = await signed_in_page(browser, Site(websocket_only.url))  # type: ignore[arg-type]
+    await send(page, "hello through the balancer")
+    await expect(last_assistant(page)).to_contain_text("word11", timeout=15_000)
+    before = websocket_only.upstreams("/socket.io/")
+    await page.reload()
+    await expect(page.get_by_test_id("connection-state")).to_have_attribute(
+        "data-state", "connected"
+    )
+    await expect(last_assistant(page)).to_contain_text("word11", timeout=15_000)
+    await page.context.close()
+    sockets = websocket_only.upstreams("/socket.io/")
+    assert len(sockets) >= 2 and len(set(sockets)) == 2, (before, sockets)
