@@ -10,6 +10,7 @@ import {
   announce, focusByKey, focusLost,
 } from "./js/render.js";
 import { $, newSessionId, newQueueId } from "./js/util.js";
+import { chatListKey, keepTabInside } from "./js/keys.js";
 
 const TOKEN_KEY = "chatrun_token";
 const IDENTIFIER = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -729,71 +730,6 @@ function closeSidebar({ restoreFocus = true } = {}) {
   if (restoreFocus) (opener && opener.isConnected && !opener.closest("#sidebar") ? opener : $("sidebar-toggle")).focus();
 }
 
-/** Tab and Shift+Tab stay inside the open drawer. */
-function trapDrawerFocus(e) {
-  if (!ui.sidebarOpen || e.key !== "Tab") return;
-  const focusable = [...$("sidebar").querySelectorAll("button, a[href], input, [tabindex]")]
-    .filter((n) => n.tabIndex >= 0 && !n.disabled && n.getClientRects().length > 0);
-  if (!focusable.length) return;
-  const first = focusable[0];
-  const last = focusable[focusable.length - 1];
-  if (e.shiftKey && document.activeElement === first) {
-    e.preventDefault();
-    last.focus();
-  } else if (!e.shiftKey && document.activeElement === last) {
-    e.preventDefault();
-    first.focus();
-  }
-}
-
-/**
- * Keys in the chat list (roving tabindex): Up/Down/Home/End move between chats, Left/Right
- * between a chat's link and its Rename and Delete buttons, Enter opens (the link) or presses
- * (a button); F2 renames and Delete deletes the chat in focus; Escape cancels a confirmation.
- */
-function onSessionsKey(e) {
-  const cell = e.target.closest("[data-fkey]");
-  if (!cell || cell.tagName === "INPUT") return;
-  const row = cell.closest('[data-testid="session-item"]');
-  const id = row && row.dataset.sessionId;
-  if (!id) return;
-  const rows = [...$("sessions").querySelectorAll('[data-testid="session-item"]')];
-  const index = rows.indexOf(row);
-  const cells = [...row.querySelectorAll("[data-fkey]")];
-  const go = (key) => { e.preventDefault(); focusSessionCell(key); };
-  const rowKey = (r) => `${r.dataset.sessionId}:open`;
-  switch (e.key) {
-    case "ArrowDown": if (index < rows.length - 1) go(rowKey(rows[index + 1])); else e.preventDefault(); break;
-    case "ArrowUp": if (index > 0) go(rowKey(rows[index - 1])); else e.preventDefault(); break;
-    case "Home": go(rowKey(rows[0])); break;
-    case "End": go(rowKey(rows[rows.length - 1])); break;
-    case "ArrowRight": {
-      const next = cells[cells.indexOf(cell) + 1];
-      if (next) go(next.dataset.fkey); else e.preventDefault();
-      break;
-    }
-    case "ArrowLeft": {
-      const prev = cells[cells.indexOf(cell) - 1];
-      if (prev) go(prev.dataset.fkey); else e.preventDefault();
-      break;
-    }
-    case "F2": e.preventDefault(); sidebarHandlers.startRename(id); break;
-    case "Delete":
-      e.preventDefault();
-      if (ui.confirmDelete === id) sidebarHandlers.deleteSession(id);
-      else sidebarHandlers.askDelete(id);
-      break;
-    case "Escape":
-      if (ui.confirmDelete === id) {
-        e.preventDefault();
-        e.stopPropagation(); // not the drawer's Escape
-        sidebarHandlers.cancelDelete(id);
-      }
-      break;
-    default:
-  }
-}
-
 /** The composer's hint follows the device: touch keyboards get Enter for a new line. */
 function describeEnter() {
   $("composer-hint").textContent = coarsePointer.matches
@@ -844,9 +780,18 @@ function bind() {
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && ui.sidebarOpen && !e.defaultPrevented) closeSidebar();
   });
-  $("sidebar").addEventListener("keydown", trapDrawerFocus);
+  $("sidebar").addEventListener("keydown", (e) => { if (ui.sidebarOpen) keepTabInside($("sidebar"), e); });
   narrowScreen.addEventListener("change", () => { if (!narrowScreen.matches) closeSidebar({ restoreFocus: false }); });
-  $("sessions").addEventListener("keydown", onSessionsKey);
+  $("sessions").addEventListener("keydown", (e) => chatListKey(e, $("sessions"), {
+    focus: focusSessionCell,
+    rename: (id) => sidebarHandlers.startRename(id),
+    remove: (id) => (ui.confirmDelete === id ? sidebarHandlers.deleteSession(id) : sidebarHandlers.askDelete(id)),
+    cancel: (id) => {
+      if (ui.confirmDelete !== id) return false;
+      sidebarHandlers.cancelDelete(id);
+      return true;
+    },
+  }));
   $("sessions").addEventListener("focusin", (e) => {
     const cell = e.target.closest("[data-fkey]");
     if (cell && cell.tagName !== "INPUT" && ui.rovingKey !== cell.dataset.fkey) {

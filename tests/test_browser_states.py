@@ -6,10 +6,12 @@ and an error that is cleared once what failed is done."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from playwright.async_api import Browser, Page, expect
 
+from tests.a11y import axe_violations, describe
 from tests.fakes.hermes import FakeHermes, FakeRun
 from tests.helpers import TOKEN, ChatrunServer, ServerFactory
 from tests.pages import last_assistant, raw_text, send, shot, signed_in_page, words
@@ -51,6 +53,8 @@ async def test_a_chat_deleted_in_another_tab_leaves_this_one_at_once(
     await expect(page.locator("#chat-title")).to_have_text("Chatrun")
     assert doomed not in page.url
     await shot(page, "deleted-elsewhere")
+    violations = await axe_violations(page)
+    assert violations == [], describe(violations)
     # the tab that deleted it says nothing about another tab
     await expect(other.get_by_test_id("chat-notice-text")).to_have_text("")
     # a message sent now starts a new chat; the deleted one is not made again
@@ -167,15 +171,15 @@ async def test_reading_a_long_message_in_parts_shows_its_progress(
     page, watch = await signed_in_page(browser, server)
     await send(page, report("banana"))
     text = page.get_by_test_id("chunking-text")
-    await expect(text).to_have_text(
-        __import__("re").compile(r"^Reading your message in parts: 1 of \d+ done$")
-    )
+    await expect(text).to_have_text(re.compile(r"^Reading your message in parts: 1 of \d+ done$"))
     total = int((await text.inner_text()).split(" of ")[1].split()[0])
     assert total > 3
     bar = page.get_by_role("progressbar", name="Reading your message in parts: 1 of")
     await expect(bar).to_have_attribute("value", "1")
     await expect(bar).to_have_attribute("max", str(total))
     await shot(page, "reading-in-parts")
+    violations = await axe_violations(page)
+    assert violations == [], describe(violations)
     await page.reload()  # the progress so far, after a refresh
     await expect(text).to_have_text(f"Reading your message in parts: 1 of {total} done")
     parts_gate.set()
@@ -274,6 +278,11 @@ async def test_long_messages_are_collapsed_with_a_toggle(
     await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
     for toggle in await page.get_by_test_id("collapse-toggle").all():
         await expect(toggle).to_have_attribute("aria-expanded", "false")
+    for scheme in ("light", "dark"):
+        await page.emulate_media(color_scheme=scheme)
+        await page.wait_for_timeout(300)  # buttons fade to the new colours
+        violations = await axe_violations(page)
+        assert violations == [], f"{scheme}: {describe(violations)}"
     stored = server.query("SELECT content FROM messages WHERE role = 'user'")[0]["content"]
     assert stored == paste  # collapsed on screen, kept whole
     assert watch.errors == []
