@@ -36,9 +36,9 @@ class Messages:
         self, session_id: str, limit: int, before_id: int | None = None
     ) -> list[MessageRecord]:
         """The newest ``limit`` messages of a session (older than ``before_id``), oldest first;
-        an answer that did not complete carries its run's error."""
+        an answer that did not complete carries its run's error and its code."""
         query = (
-            select(Message, Run.error.label("run_error"))
+            select(Message, Run.error.label("run_error"), Run.error_code.label("run_error_code"))
             .outerjoin(Run, Run.id == Message.run_id)
             .where(Message.session_id == session_id)
         )

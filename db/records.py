@@ -74,6 +74,7 @@ class MessageRecord:
     finish_reason: str | None = None
     token_count: int | None = None
     error: str | None = None  # why an answer failed or was interrupted
+    error_code: str | None = None  # the run's failure code (docs/protocol.md §14)
 
     def to_payload(self) -> dict[str, Any]:
         """The message as ``resumed.messages`` carries it (PROTOCOL.md §4)."""
@@ -96,6 +97,8 @@ class MessageRecord:
             payload["tool_name"] = self.tool_name
         if self.error:
             payload["error"] = self.error
+            if self.error_code:
+                payload["error_code"] = self.error_code
         return payload
 
 

@@ -50,7 +50,8 @@ def run_record(m: Any) -> RunRecord:
 
 
 def message_record(m: Any) -> MessageRecord:
-    """A message row (with its run's error as ``run_error`` where the query joined it)."""
+    """A message row (with its run's error as ``run_error`` and its code as ``run_error_code``
+    where the query joined them)."""
     return MessageRecord(
         id=m["id"],
         session_id=m["session_id"],
@@ -66,6 +67,11 @@ def message_record(m: Any) -> MessageRecord:
         finish_reason=m["finish_reason"],
         token_count=m["token_count"],
         error=m["run_error"] if m.get("run_error") and m["role"] == "assistant" else None,
+        error_code=(
+            m["run_error_code"]
+            if m.get("run_error_code") and m.get("run_error") and m["role"] == "assistant"
+            else None
+        ),
     )
 
 

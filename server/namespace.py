@@ -25,6 +25,7 @@ from server.payloads import (
 from server.protocol import NAMESPACE, Request
 from server.runs.manager import RunManager
 from server.sessions.service import SessionService
+from server.transport.emitter import user_room
 
 if TYPE_CHECKING:
     from server.cluster.router import Router
@@ -148,6 +149,8 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         query = parse_qs(environ.get("QUERY_STRING", ""))
         profile = (query.get("profile") or [""])[0][:MAX_PROFILE_CHARS]
         self.connections[sid] = Connection(user, profile or None)
+        # session.deleted / session.renamed reach every tab of the user
+        await self.enter_room(sid, user_room(user.id))
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         connection = self.connections.pop(sid, None)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.errors import BadRequest, TooLarge
+from server.sessions.titles import title_of
 
 IDENTIFIER = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 MAX_MODEL_CHARS = 200
@@ -164,7 +165,7 @@ class RunPayload:
 
     @property
     def title(self) -> str:
-        return " ".join(input_text(self.input).split("\n"))[:100]
+        return title_of(input_text(self.input))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,10 @@ class Event:
     ABORT_STARTED: Final = "abort.started"
     ABORT_COMPLETED: Final = "abort.completed"
     RESUMED: Final = "resumed"
+    # about a session rather than in its log: sent without ``seq`` to the session's room and
+    # to every socket of its owner (``SESSION_EVENTS``)
+    SESSION_DELETED: Final = "session.deleted"
+    SESSION_RENAMED: Final = "session.renamed"
 
 
 class Request:
@@ -52,7 +56,10 @@ STATE_EVENTS: Final = frozenset(
         Event.COMPRESSION_COMPLETED,
         Event.ABORT_STARTED,
         Event.ABORT_COMPLETED,
+        Event.CONTEXT_CHUNKING,
     }
 )
+# events about a session itself, never numbered: they are not part of its event log
+SESSION_EVENTS: Final = frozenset({Event.SESSION_DELETED, Event.SESSION_RENAMED})
 # names an upstream's own events may not take (they would pass for the server's)
 RESERVED_EVENTS: Final = SERVER_EVENTS | {"connect", "disconnect", "connect_error"}

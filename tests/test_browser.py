@@ -230,7 +230,7 @@ async def test_rename_and_delete_from_the_sidebar(
     await expect(last_assistant(page)).to_have_attribute("data-status", "complete")
     item = page.get_by_test_id("session-item").first
     await item.hover()
-    await item.get_by_role("button", name="Rename").click()
+    await item.get_by_role("button", name="Rename chat to be renamed").click()
     field = item.locator("input")
     await field.fill("Renamed chat")
     await field.press("Enter")
@@ -238,8 +238,8 @@ async def test_rename_and_delete_from_the_sidebar(
     assert server.query("SELECT title FROM sessions")[0]["title"] == "Renamed chat"
     item = page.get_by_test_id("session-item").first
     await item.hover()
-    await item.get_by_role("button", name="Delete").click()
-    await item.get_by_role("button", name="Confirm?").click()
+    await item.get_by_role("button", name="Delete chat Renamed chat").click()
+    await item.get_by_role("button", name="Confirm: delete chat Renamed chat").click()
     await expect(page.get_by_test_id("session-item")).to_have_count(0)
     assert server.query("SELECT id FROM sessions") == []
     assert watch.errors == []

@@ -199,6 +199,8 @@ class Outbox:
         self.eventlog.append(state.id, seq, encoded)
         if name in STATE_EVENTS:
             state.state_events.append({"event": name, "data": payload})
+        elif name == Event.USAGE_UPDATED:
+            _remember_context(state, data)
         self._dirty.add(state.id)
         self.metrics.events.inc()
         await self.emitter.to_room(state.id, name, payload, encoded)
@@ -217,6 +219,14 @@ class Outbox:
                 self.on_lost(state)
             state.lost = True
             raise
+
+
+def _remember_context(state: SessionState, data: dict[str, Any]) -> None:
+    """Keep the context figures of a ``usage.updated`` for ``resumed``."""
+    tokens, limit = data.get("contextTokens"), data.get("contextLimit")
+    if isinstance(tokens, int) and isinstance(limit, int):
+        state.context_tokens = tokens
+        state.context_limit = limit
 
 
 def _coalesce(state: SessionState, item: OutboxItem) -> None:

@@ -107,10 +107,11 @@ def resumed(
     messages: list[dict[str, Any]],
     replay: bool,
 ) -> dict[str, Any]:
-    """The ``resumed`` payload."""
+    """The ``resumed`` payload; ``contextTokens``/``contextLimit`` when the session's last
+    ``usage.updated`` carried them."""
     active = state.active if state is not None else None
     working = active is not None
-    return {
+    payload: dict[str, Any] = {
         "event": Event.RESUMED,
         "session_id": session_id,
         "seq": seq,
@@ -125,3 +126,7 @@ def resumed(
         "queue": state.queue_payload() if state is not None else [],
         "replay": replay,
     }
+    if state is not None and state.context_tokens is not None:
+        payload["contextTokens"] = state.context_tokens
+        payload["contextLimit"] = state.context_limit
+    return payload

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any
 from db.records import SessionRecord, UserRecord
 from db.store import Store
 from server.errors import BadRequest, Forbidden, NotFound, remote_error
+from server.protocol import Event
 from server.runs.manager import RunManager
 from server.sessions.hub import SessionHub
 from server.sessions.resume import with_drafts
+from server.sessions.titles import preview_of
 
 if TYPE_CHECKING:
     from server.cluster.router import Router
@@ -100,7 +102,7 @@ class SessionService:
             {
                 "id": s.id,
                 "title": s.title,
-                "preview": preview,
+                "preview": preview_of(preview),
                 "created_at": s.created_at,
                 "updated_at": s.updated_at,
                 "status": stored.get(s.id) or self._status(s.id),
@@ -134,6 +136,8 @@ class SessionService:
         return [r.to_payload() for r in records], has_more
 
     async def rename(self, user: UserRecord, session_id: str, title: str) -> None:
+        """Rename a session; every tab showing it, and every tab of its owner, is told
+        (``session.renamed``)."""
         if await self._elsewhere(user, session_id, "rename", title=title) is not None:
             return
         await self._stored(user, session_id)
@@ -141,11 +145,24 @@ class SessionService:
         state = self.hub.sessions.get(session_id)
         if state is not None:
             state.title = title
+        await self._announce(user, session_id, Event.SESSION_RENAMED, {"title": title})
 
     async def delete(self, user: UserRecord, session_id: str) -> None:
-        """Delete a session: its queue is cancelled and a running run aborted first."""
+        """Delete a session: its queue is cancelled and a running run aborted first; then
+        every tab showing it, and every tab of its owner, is told (``session.deleted``) and
+        the session's room is closed."""
         if await self._elsewhere(user, session_id, "delete", claim=True) is not None:
             return
         await self.runs.delete_session(user, session_id)
         if self.router is not None:
             await self.router.claims.release(session_id)
+        await self._announce(user, session_id, Event.SESSION_DELETED, {})
+        await self.hub.emitter.close_session_room(session_id)
+
+    async def _announce(
+        self, user: UserRecord, session_id: str, name: str, fields: dict[str, Any]
+    ) -> None:
+        """An event about the session itself: not numbered, not in its log (it is not one
+        of its events), to its room and to its owner's sockets."""
+        payload = {"event": name, "session_id": session_id, **fields}
+        await self.hub.emitter.to_session_and_owner(session_id, user.id, name, payload)

@@ -28,6 +28,10 @@ class SessionState:
         self.seq_reserved = seq_reserved
         self.input_tokens = record.input_tokens
         self.output_tokens = record.output_tokens
+        # the last ``usage.updated`` context figures (None until a run or compression since
+        # the session was loaded), repeated in ``resumed``
+        self.context_tokens: int | None = None
+        self.context_limit: int | None = None
         self.queue: list[RunRecord] = queued
         self.next_position = record.last_position + 1
         self.active: ActiveRun | None = None

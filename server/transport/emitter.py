@@ -24,6 +24,11 @@ def room(session_id: str) -> str:
     return f"session:{session_id}"
 
 
+def user_room(user_id: int) -> str:
+    """Every connected socket of a user is in this room (joined on connect)."""
+    return f"user:{user_id}"
+
+
 def encode(payload: Any) -> str:
     """JSON text of an event: orjson, or the standard encoder for what orjson refuses (lone
     surrogates)."""
@@ -56,6 +61,18 @@ class Emitter:
         for _sid, eio_sid in self._sio.manager.get_participants(NAMESPACE, room(session_id)):
             with contextlib.suppress(Exception):  # a socket that is closing
                 await self._sio._send_eio_packet(eio_sid, pkt)
+
+    async def to_session_and_owner(
+        self, session_id: str, owner_id: int, event: str, payload: dict[str, Any]
+    ) -> None:
+        """An event about the session itself, outside its numbered log: to the session's room
+        and to every socket of its owner, once per socket (rare: the public path)."""
+        rooms = [room(session_id), user_room(owner_id)]
+        await self._sio.emit(event, payload, room=rooms, namespace=NAMESPACE)
+
+    async def close_session_room(self, session_id: str) -> None:
+        """Every socket leaves the session's room (the session was deleted)."""
+        await self._sio.close_room(room(session_id), namespace=NAMESPACE)
 
     async def to_socket(
         self,

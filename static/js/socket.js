@@ -1,12 +1,16 @@
 // Socket layer: the /chat-run connection, acknowledged emits and the connection state.
 // `io` is the global from /static/vendor/socket.io.min.js (a classic script loaded first).
 
-/** Every server → client event of a session (PROTOCOL.md §3), `resumed` aside. */
+/**
+ * Every server → client event of a session (docs/protocol.md §5), `resumed` aside; the last
+ * two are about the session itself and carry no seq.
+ */
 export const SESSION_EVENTS = [
   "run.queued", "run.started", "message.delta", "reasoning.delta", "reasoning.available",
   "tool.started", "tool.completed", "run.completed", "run.failed", "run.cancelled",
-  "usage.updated", "compression.started", "compression.completed", "abort.started",
-  "abort.completed", "approval.request", "approval.responded",
+  "usage.updated", "compression.started", "compression.completed", "context.chunking",
+  "abort.started", "abort.completed", "approval.request", "approval.responded",
+  "session.deleted", "session.renamed",
 ];
 
 const AUTH_FAILED = "Authentication failed";

@@ -18,6 +18,7 @@ export const state = {
   views: new Map(), // session id -> view
   outbox: [], // [{sessionId, item}]: `run` emits still to be acknowledged, in the order typed
   everConnected: false, // "Connecting…" until the first connect, "Reconnecting…" after
+  deleted: new Set(), // ids of sessions deleted while this tab was open: never sent to again
 };
 
 /** Back to the signed-out state (sign-out; tests start from here too). */
@@ -27,6 +28,7 @@ export function resetState() {
     nextCursor: null, current: null, outbox: [], everConnected: false,
   });
   state.views.clear();
+  state.deleted.clear();
 }
 
 // ------------------------------------------------------------------ account, connection --
@@ -87,13 +89,43 @@ export function setSessionTitle(id, title) {
   for (const s of state.sessions) if (s.id === id) s.title = title;
 }
 
+/** The title the list shows for a session ("" when it is not listed). */
+export function sessionTitle(id) {
+  const session = state.sessions.find((s) => s.id === id);
+  return session ? session.title || "" : "";
+}
+
 /** A deleted session: gone from the list and its view dropped. True when it was open. */
 export function forgetSession(id) {
   state.sessions = state.sessions.filter((s) => s.id !== id);
   state.views.delete(id);
   state.outbox = state.outbox.filter((e) => e.sessionId !== id);
+  state.deleted.add(id);
   return state.current === id;
 }
+
+/**
+ * `session.deleted` (from any tab, this one included): the session is forgotten, its unsent
+ * messages dropped, and it is never sent to again. Returns {known, wasOpen, title}.
+ */
+export function sessionDeleted(id) {
+  const known = state.sessions.some((s) => s.id === id) || state.views.has(id);
+  const title = sessionTitle(id);
+  const wasOpen = forgetSession(id);
+  return { known, wasOpen, title };
+}
+
+/** `session.renamed`: the new title. Returns {changed, wasOpen, before}. */
+export function sessionRenamed(id, title) {
+  if (typeof title !== "string" || !title) return { changed: false, wasOpen: false, before: "" };
+  const before = sessionTitle(id);
+  const listed = state.sessions.some((s) => s.id === id);
+  setSessionTitle(id, title);
+  return { changed: listed && before !== title, wasOpen: state.current === id, before };
+}
+
+/** Was this session deleted while this tab was open (a `run` must not bring it back)? */
+export const isDeleted = (id) => state.deleted.has(id);
 
 /** Open a session: it becomes current; a load error shown earlier is forgotten. */
 export function openView(id) {
@@ -137,7 +169,10 @@ export function newView(id) {
     outgoing: [],
     cancelling: new Set(), // queue_ids whose cancel_queued_run is on its way
     usage: null, // {inputTokens, outputTokens, contextTokens, contextLimit}: present ones only
+    runTotals: null, // the active run's {inputTokens, outputTokens}, shown once it ends
     notice: null, // {text, error, busy}: compression
+    chunking: null, // {done, total}: the active run's long message being read in parts
+    gone: false, // a snapshot said the session no longer exists (deleted while away)
     fresh: false, // a new chat this tab created: not on the server until its first run
     loadError: null, // why the first resume failed (shown instead of "Loading…")
     resumesInFlight: 0, // resume emits not acknowledged yet (the ack follows the replayed events)
@@ -173,6 +208,7 @@ function message(fields) {
     tool_calls: null,
     preview: "",
     error: null,
+    errorCode: null,
     duration: null,
     timestamp: Date.now() / 1000,
     rev: 0, // bumped on every change: the renderer rebuilds a message only when it changed
@@ -200,7 +236,8 @@ export function fromServer(m, previews = new Map()) {
     tool_call_id: m.tool_call_id || null,
     tool_calls: Array.isArray(m.tool_calls) ? m.tool_calls : null,
     preview: previews.get(m.tool_call_id) || "",
-    error: typeof m.error === "string" ? m.error : null, // not sent today; shown when it is
+    error: typeof m.error === "string" ? m.error : null,
+    errorCode: typeof m.error_code === "string" ? m.error_code : null,
     timestamp: m.timestamp,
   });
 }
@@ -266,6 +303,7 @@ export function removeOutgoing(v, queueId) {
 
 /** The user sent a message: it shows at once and waits in the outbox for its `run` emit. */
 export function enqueueRun(sessionId, queueId, text) {
+  if (state.deleted.has(sessionId)) return null; // never recreate a deleted chat
   const item = addOutgoing(view(sessionId), queueId, text);
   state.outbox.push({ sessionId, item });
   return item;
@@ -365,6 +403,7 @@ export function applyRunAck(v, item, ack) {
   if (!v.working) {
     v.working = true;
     v.runId = ack.run_id;
+    runBegins(v);
   }
 }
 
@@ -438,6 +477,12 @@ export function applyResumed(data) {
     if (v.lastSeq !== null) v.lastSeq = Math.max(v.lastSeq, data.seq);
     return v;
   }
+  // seq never goes back (§6): a snapshot below where the view stands is a session that was
+  // deleted while this tab was away (and perhaps made anew under the same id by a `run`).
+  if (v.lastSeq !== null && !v.fresh && data.seq < v.lastSeq) {
+    v.gone = true;
+    return v;
+  }
   v.messages = serverMessages(Array.isArray(data.messages) ? data.messages : []);
   // The snapshot holds the latest 500 at most; the list may know there are more.
   const session = state.sessions.find((s) => s.id === v.id);
@@ -450,10 +495,22 @@ export function applyResumed(data) {
   v.runId = data.run_id || null;
   v.queue = Array.isArray(data.queue) ? data.queue : v.queue;
   v.notice = null;
+  v.chunking = null;
+  v.runTotals = null;
+  const usage = { ...(v.usage || {}) };
   // Zero totals of a fresh session are "no usage yet": the gauge stays hidden until a run ends.
-  if (isCount(data.inputTokens) && isCount(data.outputTokens) && (data.inputTokens || data.outputTokens || v.usage)) {
-    v.usage = { ...(v.usage || {}), inputTokens: data.inputTokens, outputTokens: data.outputTokens };
+  // While a run is active they are the previous run's: not shown until this one ends.
+  delete usage.inputTokens;
+  delete usage.outputTokens;
+  if (!v.working && isCount(data.inputTokens) && isCount(data.outputTokens) && (data.inputTokens || data.outputTokens)) {
+    usage.inputTokens = data.inputTokens;
+    usage.outputTokens = data.outputTokens;
   }
+  if (isCount(data.contextTokens) && isCount(data.contextLimit)) {
+    usage.contextTokens = data.contextTokens;
+    usage.contextLimit = data.contextLimit;
+  }
+  v.usage = Object.keys(usage).length ? usage : null;
   for (const item of Array.isArray(data.events) ? data.events : []) {
     if (item && typeof item.event === "string") applyStateEvent(v, item.event, item.data || {});
   }
@@ -540,7 +597,7 @@ export function gate(v, seq) {
 export function applyEvent(v, name, data) {
   v.lastSeq = data.seq;
   v.gapAt = null;
-  const out = { snapshot: false, sessions: false };
+  const out = { snapshot: false, sessions: false, ended: null };
   switch (name) {
     case "run.queued":
       onQueued(v, data);
@@ -597,14 +654,17 @@ export function applyEvent(v, name, data) {
       if (!answered && text) touch(openSegment(v, data.run_id)).content = text; // nothing streamed
       finishRun(v, data.run_id, "complete", null);
       out.sessions = true;
+      out.ended = "complete";
       break;
     }
     case "run.failed": {
       out.snapshot = !ensureQuestion(v, data.run_id);
       const interrupted = data.code === "interrupted";
       finishRun(v, data.run_id, interrupted ? "interrupted" : "failed",
-        typeof data.error === "string" && data.error ? data.error : "The run failed.");
+        typeof data.error === "string" && data.error ? data.error : "The run failed.",
+        typeof data.code === "string" ? data.code : null);
       out.sessions = true;
+      out.ended = interrupted ? "interrupted" : "failed";
       break;
     }
     case "run.cancelled":
@@ -612,12 +672,21 @@ export function applyEvent(v, name, data) {
       finishRun(v, data.run_id, "aborted", null);
       v.aborting = false;
       out.sessions = true;
+      out.ended = "aborted";
       break;
     case "usage.updated": {
       const usage = { ...(v.usage || {}) };
-      for (const k of ["inputTokens", "outputTokens", "contextTokens", "contextLimit"]) {
+      for (const k of ["contextTokens", "contextLimit"]) {
         if (isCount(data[k])) usage[k] = data[k];
       }
+      const totals = {};
+      for (const k of ["inputTokens", "outputTokens"]) {
+        if (isCount(data[k])) totals[k] = data[k];
+      }
+      // The active run's figures (after its compression they repeat the previous run's) wait
+      // for its end: the header never shows the last run's totals as this one's.
+      if (v.working && data.run_id && data.run_id === v.runId) v.runTotals = totals;
+      else Object.assign(usage, totals);
       v.usage = usage;
       break;
     }
@@ -643,6 +712,11 @@ function applyStateEvent(v, name, data) {
       v.notice = { text: `Compressing the conversation history${parts.length ? ` (${parts.join(", ")})` : ""}…`, error: false, busy: true };
       break;
     }
+    case "context.chunking":
+      if (isCount(data.done) && isCount(data.total) && data.total > 0) {
+        v.chunking = { done: Math.min(data.done, data.total), total: data.total };
+      }
+      break;
     case "compression.completed":
       if (data.error || data.compressed === false) {
         v.notice = { text: data.error ? `History compression failed: ${data.error}` : "History was not compressed.", error: Boolean(data.error) };
@@ -684,6 +758,8 @@ function onStarted(v, data) {
   v.aborting = false;
   v.runId = runId;
   v.notice = null;
+  v.chunking = null;
+  runBegins(v);
   let item = null;
   if (data.queue_id) item = v.outgoing.find((o) => o.queue_id === data.queue_id);
   if (!item) item = v.outgoing.find((o) => o.run_id === runId);
@@ -714,7 +790,15 @@ function ensureQuestion(v, runId) {
   return true;
 }
 
-function finishRun(v, runId, status, error) {
+/** A run of the view became active: the header stops showing the previous run's totals. */
+function runBegins(v) {
+  v.runTotals = null;
+  if (!v.usage) return;
+  const { inputTokens, outputTokens, ...rest } = v.usage;
+  v.usage = Object.keys(rest).length ? rest : null;
+}
+
+function finishRun(v, runId, status, error, code = null) {
   if (!runMessages(v, runId).some((m) => m.role === "assistant")) openSegment(v, runId);
   const msgs = runMessages(v, runId);
   for (const m of msgs) {
@@ -722,13 +806,34 @@ function finishRun(v, runId, status, error) {
   }
   if (error) {
     const assistants = msgs.filter((m) => m.role === "assistant");
-    touch(assistants[assistants.length - 1]).error = error;
+    const last = touch(assistants[assistants.length - 1]);
+    last.error = error;
+    last.errorCode = code;
   }
   if (!v.runId || v.runId === runId) {
     v.working = false;
     v.runId = null;
     v.aborting = false; // the run is over, whatever stopped it ("stopping…" ends here)
+    v.chunking = null;
+    if (v.runTotals) {
+      const counted = v.runTotals.inputTokens || v.runTotals.outputTokens;
+      v.usage = { ...(v.usage || {}), ...(counted ? v.runTotals : {}) };
+      v.runTotals = null;
+    }
   }
+}
+
+/** Failure codes that mean the message (or the chat) is too large for the model. */
+export const SIZE_CODES = new Set(["context_exceeded", "input_too_large", "too_large"]);
+
+/**
+ * What "Retry" sends again for a failed answer: the text of its run's question, or null when
+ * the question is not in the view (or the chat is gone).
+ */
+export function retryText(v, runId) {
+  if (!v || !runId || state.deleted.has(v.id)) return null;
+  const question = v.messages.find((m) => m.role === "user" && m.run_id === runId);
+  return question && question.content.trim() ? question.content : null;
 }
 
 /**

@@ -51,3 +51,25 @@ export function compactNumber(n) {
 }
 
 export const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
+
+/**
+ * Markdown as one line of plain text (previews from a server that sends them raw): code fences,
+ * headings, quotes, list markers and emphasis taken out, links and images as their text.
+ */
+export function plainText(markdown) {
+  if (typeof markdown !== "string") return "";
+  return markdown
+    .replace(/^\s{0,3}(`{3,}|~{3,}).*$/gm, "")
+    .replace(/^\s{0,3}#{1,6}\s+/gm, "")
+    .replace(/^\s{0,3}(>\s?)+/gm, "")
+    .replace(/^\s*([-*+]|\d{1,9}[.)])\s+/gm, "")
+    .replace(/!\[([^\]]*)\]\([^)]*\)/g, "$1")
+    .replace(/\[([^\]]+)\]\([^)]*\)/g, "$1")
+    .replace(/(`+)(.+?)\1/g, "$2")
+    .replace(/(\*\*|__)(?=\S)(.+?)(?<=\S)\1/g, "$2")
+    .replace(/~~(?=\S)(.+?)(?<=\S)~~/g, "$1")
+    .replace(/(^|[^\w*])\*(?=\S)(.+?)(?<=\S)\*(?![\w*])/g, "$1$2")
+    .replace(/(^|[^\w_])_(?=\S)(.+?)(?<=\S)_(?![\w_])/g, "$1$2")
+    .replace(/\s+/g, " ")
+    .trim();
+}
