@@ -64,6 +64,10 @@ def main() -> int:
         from server import cli
 
         return cli.main(settings, sys.argv[2:])
+    if sys.argv[1:2] == ["local-cluster"]:
+        from server.cluster import local
+
+        return local.run(settings, sys.argv[2:])
     logs.configure(settings.log_level)
     try:
         run_loop(serve(settings), settings.uvloop)

@@ -1,6 +1,5 @@
-"""A real nginx (Debian's package) in front of server processes, as docs/deployment.md sets it
-up: websocket upgrades passed through, and either sticky sessions (``ip_hash``, for
-long-polling) or plain round robin (for websocket-only nodes)."""
+"""A real nginx (Debian's package) in front of server processes, configured as the product
+configures it (``server.cluster.nginx``)."""
 
 from __future__ import annotations
 
@@ -10,47 +9,11 @@ import signal
 import subprocess
 from pathlib import Path
 
+from server.cluster.nginx import config
 from tests.helpers import free_port, until_async
 from tests.services import unavailable
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-CONFIG = """
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    log_format upstream '$request_uri $upstream_addr $status';
-    access_log {tmp}/access.log upstream;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        ''      close;
-    }}
-    upstream chatrun {{
-        {balance}
-        {servers}
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://chatrun;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_buffering off;
-            proxy_read_timeout 1h;
-        }}
-    }}
-}}
-"""
 
 
 class Nginx:
@@ -59,12 +22,10 @@ class Nginx:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         tmp.mkdir(parents=True, exist_ok=True)
-        servers = "\n        ".join(f"server 127.0.0.1:{p};" for p in ports)
-        config = CONFIG.format(
-            tmp=tmp, port=self.port, servers=servers, balance="ip_hash;" if sticky else ""
-        )
         self.config = tmp / "nginx.conf"
-        self.config.write_text(config)
+        self.config.write_text(
+            config(tmp, f"127.0.0.1:{self.port}", [f"127.0.0.1:{p}" for p in ports], sticky=sticky)
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
