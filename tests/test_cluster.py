@@ -6,7 +6,9 @@ a stopping node hands its sessions over at once."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -352,3 +354,83 @@ async def test_an_upstream_config_changed_on_one_node_applies_on_every_node(
         await until_async(runs_on_other, timeout=10, what="node b never learnt the new config")
         await other.wait_for_run()
         assert other.bodies() and not hermes.bodies()
+
+
+async def restart_redis(down_s: float) -> None:
+    """Stop the local Redis for ``down_s`` seconds, then start it again (it keeps nothing on
+    disk: everything in it is gone)."""
+    await asyncio.to_thread(
+        subprocess.run, ["redis-cli", "-p", "6379", "shutdown", "nosave"], check=False
+    )
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=True,
+    )
+
+    async def answers() -> bool:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            return bool(await client.ping())
+        except aioredis.ConnectionError:
+            return False
+        finally:
+            await client.aclose()
+
+    await until_async(answers, timeout=10, what="Redis did not come back")
+
+
+async def test_a_redis_restart_mid_stream_loses_nothing(
+    nodes: Nodes, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server on this machine to restart it")
+
+    async def long_answer(run: FakeRun) -> None:
+        for i in range(60):
+            await run.delta(f"t{i} ")
+            await asyncio.sleep(0.05)
+        await run.complete()
+
+    hermes.script = long_answer
+    on_a = await tab_factory(nodes.url("a"))
+    on_b = await tab_factory(nodes.url("b"))
+    first = await on_a.call("run", {"session_id": "s9", "input": "one"})
+    assert (await on_b.call("resume", {"session_id": "s9", "last_seq": 0}))["ok"]
+    await on_b.wait_for(lambda _: len(on_b.text(first["run_id"])) > 20)
+    await restart_redis(down_s=1.5)
+    await on_a.wait_event("run.completed", timeout=30, run_id=first["run_id"])
+    whole = "".join(f"t{i} " for i in range(60))
+
+    async def healthy() -> bool:
+        return [(await health(nodes, n))["status"] for n in ("a", "b")] == ["ok", "ok"]
+
+    await until_async(healthy, timeout=10, what="the nodes did not recover from the restart")
+    # the owner's own tab got everything; a tab on the other node that missed events while
+    # Redis was away gets the whole answer by resuming
+    assert client_text(on_a, "s9", first["run_id"]) == whole
+    assert (await on_b.call("resume", {"session_id": "s9"}))["ok"]
+    answer = on_b.named("resumed")[-1]["messages"][-1]
+    assert (answer["role"], answer["content"]) == ("assistant", whole)
+    [stored] = await db_rows(
+        nodes,
+        "SELECT content FROM messages WHERE run_id = $1 AND role = 'assistant'",
+        first["run_id"],
+    )
+    assert stored["content"] == whole
+    second = await on_b.call("run", {"session_id": "s9", "input": "two"})
+    for tab in (on_a, on_b):
+        await tab.wait_event("run.completed", timeout=15, run_id=second["run_id"])

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+
+import redis.asyncio as aioredis
 
 from db.ownership import Ownership
 from server.cluster.node import Node
@@ -11,6 +15,8 @@ from server.cluster.sharedlog import SharedLog
 from server.errors import Fenced
 
 log = logging.getLogger("chatrun.cluster")
+
+REDIS_PATIENCE_S = 5.0  # how long an append waits for Redis to come back
 
 
 class Claims:
@@ -58,6 +64,36 @@ class Claims:
     def drop(self, session_id: str) -> None:
         """Forget a session this node lost (no database write: it may not write any more)."""
         self.fences.pop(session_id, None)
+
+    async def append(self, session_id: str, fence: int, events: list[tuple[int, str]]) -> None:
+        """Add events to the shared log under ``fence``, riding out a Redis that restarts:
+        unreachable, it is tried again for a few seconds (the session's sender waits, so
+        nothing is reordered); restarted empty, its fence is set again once the database
+        confirms this node still holds the session. ``Fenced`` when another node does."""
+        deadline = time.monotonic() + REDIS_PATIENCE_S
+        while True:
+            try:
+                await self.shared.append(session_id, fence, events)
+                return
+            except Fenced as exc:
+                if not exc.message.endswith("FENCED none") or not await self._still_mine(
+                    session_id, fence
+                ):
+                    raise
+                await self.shared.take(session_id, fence)
+            except (aioredis.ConnectionError, aioredis.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _still_mine(self, session_id: str, fence: int) -> bool:
+        owner = await self.owners.owner(session_id)
+        return (
+            owner is not None
+            and owner.alive
+            and owner.node_id == self.node.id
+            and owner.fence == fence
+        )
 
     async def top_seq(self, session_id: str, ceiling: int) -> int:
         """The last ``seq`` in the shared log (0 when it holds nothing), read when loading."""

@@ -79,7 +79,7 @@ class Cluster:
         self._live: tuple[float, set[str]] = (0.0, set())
         # wired into the single-node parts
         hub.claims = self.claims
-        hub.outbox.shared = self.shared
+        hub.outbox.shared = self.claims.append
         hub.outbox.on_lost = self.lose
         hub.resumes.shared = self.shared
         hub.resumes.node_id = node_id

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from server.errors import Fenced
 from server.metrics import Metrics
@@ -26,9 +26,6 @@ from server.settings import Settings
 from server.tasks import TaskSet
 from server.transport.emitter import Emitter, encode
 
-if TYPE_CHECKING:
-    from server.cluster.sharedlog import SharedLog
-
 log = logging.getLogger("chatrun.sessions")
 
 COALESCED = Event.MESSAGE_DELTA
@@ -36,6 +33,7 @@ SENDER_LINGER = 5.0  # seconds a sender of a session with an active run waits fo
 
 ReserveSeq = Callable[[str, int], Awaitable[None]]
 AnswerResume = Callable[[SessionState, str, int | None], Awaitable[int]]
+ShareEvents = Callable[[str, int, list[tuple[int, str]]], Awaitable[None]]
 
 
 @dataclass(eq=False, slots=True)
@@ -77,7 +75,7 @@ class Outbox:
         self._dirty = dirty  # sessions with something to flush
         # several nodes: the shared log every event is added to before any client sees it,
         # and what to do with a session another node took over
-        self.shared: SharedLog | None = None
+        self.shared: ShareEvents | None = None
         self.on_lost: Callable[[SessionState], None] | None = None
 
     def publish(self, state: SessionState, name: str, data: dict[str, Any]) -> None:
@@ -213,7 +211,7 @@ class Outbox:
         try:
             if state.lost or state.fence is None:
                 raise Fenced(f"this node no longer holds session {state.id!r}")
-            await self.shared.append(state.id, state.fence, [(seq, encoded)])
+            await self.shared(state.id, state.fence, [(seq, encoded)])
         except Fenced:
             if not state.lost and self.on_lost is not None:
                 self.on_lost(state)
