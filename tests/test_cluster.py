@@ -434,3 +434,64 @@ async def test_a_redis_restart_mid_stream_loses_nothing(
     second = await on_b.call("run", {"session_id": "s9", "input": "two"})
     for tab in (on_a, on_b):
         await tab.wait_event("run.completed", timeout=15, run_id=second["run_id"])
+
+
+async def test_owners_killed_again_and_again_lose_nothing_a_client_saw(
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
+) -> None:
+    async def script(run: FakeRun) -> None:
+        if not run.body["input"].startswith("stream"):
+            await run.delta("done")
+            await run.complete()
+            return
+        i = 0
+        while True:
+            await run.delta(f"{run.body['input']}-{i} ")
+            i += 1
+            await asyncio.sleep(0.05)
+
+    hermes.script = script
+    async with two_nodes(tmp_path, hermes.url) as nodes:
+        await nodes.start("c")
+        await nodes.ready("c")
+        tabs = {n: await tab_factory(nodes.url(n)) for n in ("a", "b", "c")}
+        takeovers = []
+        for round_ in range(3):
+            owner_before = await db_rows(
+                nodes, "SELECT node_id FROM session_owners WHERE session_id = 'chaos'"
+            )
+            sender = next(n for n in tabs if not owner_before or n != owner_before[0]["node_id"])
+            ack = await tabs[sender].call(
+                "run", {"session_id": "chaos", "input": f"stream{round_}"}
+            )
+            assert ack["ok"], ack
+            [owner] = await db_rows(
+                nodes, "SELECT node_id FROM session_owners WHERE session_id = 'chaos'"
+            )
+            watcher = tabs[next(n for n in tabs if n != owner["node_id"])]
+            assert (await watcher.call("resume", {"session_id": "chaos", "last_seq": 0}))["ok"]
+            await watcher.wait_for(lambda _, w=watcher, r=ack["run_id"]: len(w.text(r)) > 30)
+            await nodes.kill(owner["node_id"])
+            killed = time.monotonic()
+            failed = await watcher.wait_event(
+                "run.failed", timeout=LEASE_S + 10, run_id=ack["run_id"]
+            )
+            takeovers.append(time.monotonic() - killed)
+            assert failed["code"] == "interrupted"
+            await repair(watcher, "chaos")
+            [stored] = await db_rows(
+                nodes,
+                "SELECT content FROM messages WHERE run_id = $1 AND role = 'assistant'",
+                ack["run_id"],
+            )
+            assert stored["content"] == client_text(watcher, "chaos", ack["run_id"])
+            assert contiguous([e["seq"] for e in client_view(watcher, "chaos")])
+            # the killed node comes back under its own id and takes tabs again
+            await nodes.start(owner["node_id"])
+            await nodes.ready(owner["node_id"])
+            tabs[owner["node_id"]] = await tab_factory(nodes.url(owner["node_id"]))
+        assert max(takeovers) < LEASE_S + 4, takeovers
+        last = await tabs["a"].call("run", {"session_id": "chaos", "input": "the end"})
+        await tabs["a"].wait_event("run.completed", timeout=15, run_id=last["run_id"])
+        runs = await db_rows(nodes, "SELECT status FROM runs ORDER BY position")
+        assert [r["status"] for r in runs] == ["interrupted"] * 3 + ["completed"]
