@@ -1,6 +1,6 @@
 """Load generator (its own process): N sockets, one session each, one run each.
 
-    python -m bench.load URL SESSIONS TOKENS RATE SERVER_PID [--token T]
+    python -m bench.load URL SESSIONS TOKENS RATE SERVER_PID [--token T] [--prefix P]
 
 Prints one JSON object: tokens expected/delivered, sessions with the exact token sequence,
 per-token latency percentiles (upstream send → receipt), time to first delta, and the server's
@@ -55,7 +55,7 @@ class Session:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    sessions = {f"load-{i}": Session() for i in range(args.sessions)}
+    sessions = {f"{args.prefix}-{i}": Session() for i in range(args.sessions)}
     latencies = array("d")
 
     def on_event(name: str, data: Any, now: float) -> None:
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("rate", type=float)
     parser.add_argument("pid", type=int)
     parser.add_argument("--token", default="")
+    parser.add_argument("--prefix", default="load", help="session ids: <prefix>-<i>")
     print(json.dumps(asyncio.run(run(parser.parse_args()))))
 
 

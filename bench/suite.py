@@ -124,7 +124,9 @@ def histogram_quantile(
     return None
 
 
-async def load(url: str, level: tuple[int, int, float], pid: int) -> dict[str, Any]:
+async def load(
+    url: str, level: tuple[int, int, float], pid: int, prefix: str = "load"
+) -> dict[str, Any]:
     sessions, tokens, rate = level
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -137,6 +139,8 @@ async def load(url: str, level: tuple[int, int, float], pid: int) -> dict[str, A
         str(pid),
         "--token",
         TOKEN,
+        "--prefix",
+        prefix,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
     )
