@@ -12,7 +12,7 @@ from playwright.async_api import Browser, expect
 
 from tests.cluster import two_nodes
 from tests.fakes.hermes import FakeHermes
-from tests.helpers import TabFactory
+from tests.helpers import TabFactory, until
 from tests.nginx import Nginx
 from tests.pages import last_assistant, send, signed_in_page, words
 
@@ -69,19 +69,25 @@ async def test_long_polling_behind_sticky_sessions(
             nginx.stop()
 
 
-async def test_a_refreshed_page_lands_on_the_other_node_and_shows_the_chat(
+async def test_the_chat_reopened_through_the_balancer_on_the_other_node(
     websocket_only: Nginx, hermes: FakeHermes, browser: Browser
 ) -> None:
     hermes.script = words(12, 0.05)
-    page, _ = await signed_in_page(browser, Site(websocket_only.url))  # type: ignore[arg-type]
-    await send(page, "hello through the balancer")
-    await expect(last_assistant(page)).to_contain_text("word11", timeout=15_000)
-    before = websocket_only.upstreams("/socket.io/")
-    await page.reload()
-    await expect(page.get_by_test_id("connection-state")).to_have_attribute(
-        "data-state", "connected"
+    first, _ = await signed_in_page(browser, Site(websocket_only.url))  # type: ignore[arg-type]
+    await send(first, "hello through the balancer")
+    await expect(last_assistant(first)).to_contain_text("word11", timeout=15_000)
+    # the page opened again while the first is still connected: the balancer sends its
+    # websocket to the other node (fewest connections), which shows the same chat
+    second, _ = await signed_in_page(browser, Site(websocket_only.url))  # type: ignore[arg-type]
+    await first.context.close()
+    await second.get_by_role("link", name="hello through the balancer").first.click()
+    await expect(last_assistant(second)).to_contain_text("word11", timeout=15_000)
+    await second.reload()
+    await expect(last_assistant(second)).to_contain_text("word11", timeout=15_000)
+    await second.context.close()
+    await until(
+        lambda: len(websocket_only.upstreams("/socket.io/")) >= 3,
+        what="nginx never logged the websockets",
     )
-    await expect(last_assistant(page)).to_contain_text("word11", timeout=15_000)
-    await page.context.close()
     sockets = websocket_only.upstreams("/socket.io/")
-    assert len(sockets) >= 2 and len(set(sockets)) == 2, (before, sockets)
+    assert sockets[0] != sockets[1], sockets  # the two pages' websockets, on different nodes

@@ -25,6 +25,7 @@ log = logging.getLogger("chatrun.cluster")
 
 PUBLISH_TIMEOUT_S = 5.0
 RESUBSCRIBE_MAX_S = 2.0
+DELIVER = "chatrun.deliver"  # a fan-out message of Chatrun's own: events for one socket
 
 
 class RedisFanout(AsyncPubSubManager):  # type: ignore[misc]
@@ -51,8 +52,30 @@ class RedisFanout(AsyncPubSubManager):  # type: ignore[misc]
         self.lost_publishes += 1
         return None
 
+    def is_local(self, sid: str, namespace: str) -> bool:
+        return bool(self.is_connected(sid, namespace))
+
+    async def deliver(self, sid: str, namespace: str, encoded: list[str]) -> None:
+        """Send encoded events, in order, to a socket connected to another node: one message
+        on the fan-out channel (so after everything this node published before it), sent by
+        the socket's node as it reads it."""
+        await self._publish(
+            {"method": DELIVER, "sid": sid, "namespace": namespace, "events": encoded}
+        )
+
+    async def _delivered(self, message: dict[str, Any]) -> None:
+        sid, namespace = message.get("sid"), message.get("namespace")
+        if not self.is_connected(sid, namespace):
+            return
+        for encoded in message.get("events") or []:
+            event, payload = self.json.loads(encoded)
+            await self.server.emit(event, payload, to=sid, namespace=namespace, ignore_queue=True)
+
     async def _listen(self) -> AsyncIterator[bytes]:
         backoff = 0.1
+        own = f'"host_id": "{self.host_id}"'.encode()
+        marker = f'"method": "{DELIVER}"'.encode()
+        callback = b'"method": "callback"'
         while True:
             client = aioredis.Redis.from_url(self._url, socket_timeout=None)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -64,8 +87,15 @@ class RedisFanout(AsyncPubSubManager):  # type: ignore[misc]
                 self._subscribed_once = self.healthy = True
                 backoff = 0.1
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        yield message["data"]
+                    if message.get("type") != "message":
+                        continue
+                    data = message["data"]
+                    if own in data and callback not in data:  # handled as it was made
+                        continue
+                    if marker in data:
+                        await self._delivered(self.json.loads(data))
+                        continue
+                    yield data
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

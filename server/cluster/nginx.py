@@ -46,8 +46,12 @@ http {{
 
 def config(state: Path, listen: str, nodes: list[str], *, sticky: bool) -> str:
     """nginx's configuration: ``listen`` (``host:port``) in front of ``nodes`` (``host:port``
-    each); ``state`` holds its pid, logs and buffers."""
+    each); ``state`` holds its pid, logs and buffers. Not ``sticky``: each new connection
+    goes to the node with the fewest (websocket-only nodes)."""
     servers = "\n        ".join(f"server {node};" for node in nodes)
     return TEMPLATE.format(
-        state=state, listen=listen, servers=servers, balance="ip_hash;" if sticky else ""
+        state=state,
+        listen=listen,
+        servers=servers,
+        balance="ip_hash;" if sticky else "least_conn;",
     )

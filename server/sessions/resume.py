@@ -12,7 +12,7 @@ from server.protocol import Event
 from server.sessions.eventlog import EventLog
 from server.sessions.state import SessionState
 from server.settings import Settings
-from server.transport.emitter import Emitter
+from server.transport.emitter import Emitter, encode
 
 if TYPE_CHECKING:
     from server.cluster.sharedlog import SharedLog
@@ -47,11 +47,8 @@ class Resumes:
             replayed = await self.shared.since(state.id, last_seq, state.seq)
         if replayed is not None and last_seq is not None:
             await self.emitter.join(sid, state.id)
-            await self.emitter.to_socket(
-                sid, Event.RESUMED, self._resumed(state, state.id, last_seq, [], True)
-            )
-            for encoded in replayed:
-                await self.emitter.to_socket(sid, "", encoded=encoded)
+            answer = self._resumed(state, state.id, last_seq, [], True)
+            await self.emitter.to_socket_in_order(sid, [encode([Event.RESUMED, answer]), *replayed])
             self.metrics.resumes.labels("replay").inc()
             self.metrics.replayed.inc(len(replayed))
             return last_seq

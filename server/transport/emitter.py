@@ -96,6 +96,17 @@ class Emitter:
         with contextlib.suppress(Exception):
             await self._sio._send_eio_packet(eio_sid, pkt)
 
+    async def to_socket_in_order(self, sid: str, encoded: list[str]) -> None:
+        """Several encoded events to one socket, in order: with several nodes and the socket
+        on another node, as one message to that node (``server.cluster.fanout``)."""
+        manager = self._sio.manager
+        deliver = getattr(manager, "deliver", None)
+        if deliver is not None and not manager.is_local(sid, NAMESPACE):
+            await deliver(sid, NAMESPACE, encoded)
+            return
+        for one in encoded:
+            await self.to_socket(sid, "", encoded=one)
+
     async def join(self, sid: str, session_id: str) -> None:
         await self._sio.enter_room(sid, room(session_id), namespace=NAMESPACE)
 
