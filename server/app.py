@@ -109,6 +109,7 @@ class Chatrun:
             self.namespace.user_limits = self.cluster.limits
             self.upstream_admin.changed = self._upstreams_changed
             self.cluster.bus.on_news = self._news
+            self.metrics.bind_cluster(self.cluster.node_id, self.cluster.health)
             self.cluster.bus.handler = self._command
         self.metrics.bind(
             sockets=lambda: len(self.namespace.connections),

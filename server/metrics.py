@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -71,6 +73,23 @@ class Metrics:
             registry=r,
         )
 
+    def bind_cluster(self, node_id: str, health: Callable[[], dict[str, Any]]) -> None:
+        """Several nodes: the node's id and state, read at scrape time from ``health``."""
+        gauges = {
+            "lease": ("chatrun_node_lease_held", "1 while this node's lease holds"),
+            "redis": ("chatrun_node_redis_up", "1 while this node's Redis listeners listen"),
+            "sessions_held": ("chatrun_node_sessions_held", "Sessions this node holds"),
+            "taken_over": ("chatrun_node_sessions_taken_over", "Sessions taken over"),
+            "lost": ("chatrun_node_sessions_lost", "Sessions another node took from this one"),
+            "lost_publishes": (
+                "chatrun_node_fanout_publishes_lost",
+                "Fan-out messages Redis did not take",
+            ),
+        }
+        for key, (name, doc) in gauges.items():
+            gauge = Gauge(name, doc, ["node"], registry=self.registry).labels(node=node_id)
+            gauge.set_function(functools.partial(_health_value, health, key))
+
     def bind(
         self,
         sockets: Callable[[], float],
@@ -95,3 +114,10 @@ class Metrics:
 
 def now() -> float:
     return time.perf_counter()
+
+
+def _health_value(health: Callable[[], dict[str, Any]], key: str) -> float:
+    value = health()[key]
+    if isinstance(value, str):
+        return 1.0 if value in ("held", "ok") else 0.0
+    return float(value)

@@ -81,6 +81,14 @@ async def test_tabs_on_two_nodes_see_the_same_numbered_events(
     assert (
         on_b.text(ack["run_id"]) == on_a.text(ack["run_id"]) == "".join(f"t{i} " for i in range(30))
     )
+    # /metrics and /healthz name the node, its lease, Redis and the sessions it holds
+    async with aiohttp.ClientSession() as http, http.get(nodes.url("a") + "/metrics") as resp:
+        page = await resp.text()
+    assert 'chatrun_node_lease_held{node="a"} 1.0' in page
+    assert 'chatrun_node_redis_up{node="a"} 1.0' in page
+    assert 'chatrun_node_sessions_held{node="a"} 1.0' in page
+    state = (await health(nodes, "b"))["cluster"]
+    assert (state["node"], state["lease"], state["redis"]) == ("b", "held", "ok")
 
 
 async def test_requests_from_any_node_run_where_the_session_is_held(
