@@ -82,6 +82,8 @@ class SessionService:
         an unknown session gets an empty answer and nothing is created."""
         state = await self.hub.owned(user, session_id)
         if state is None:
+            if self.router is not None:  # claimed on the way here: nothing to hold
+                await self.router.claims.release(session_id)
             return await self.hub.resumes.unknown(sid, session_id)
         return await self.hub.outbox.resume(state, sid, last_seq)
 
