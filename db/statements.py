@@ -7,6 +7,7 @@ import functools
 from typing import Any, cast
 
 from sqlalchemy import (
+    Insert,
     Integer,
     Table,
     bindparam,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from db.models import ContextSnapshot, Message, MessageChunk, Run, Session
 
@@ -31,6 +33,16 @@ INSERT_MESSAGES = insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_or
 INSERT_MESSAGE_ROWS = insert(MESSAGES)
 INSERT_RUN = insert(RUNS)
 INSERT_SESSION = insert(SESSIONS)
+# New sessions that are not stored yet, by dialect: the ids of those inserted come back, a
+# session stored already is left as it is (and its run is a clash)
+INSERT_NEW_SESSIONS: dict[str, Insert] = {
+    "postgresql": postgresql.insert(SESSIONS)
+    .on_conflict_do_nothing(index_elements=[SESSIONS.c.id])
+    .returning(SESSIONS.c.id),
+    "sqlite": sqlite.insert(SESSIONS)
+    .on_conflict_do_nothing(index_elements=[SESSIONS.c.id])
+    .returning(SESSIONS.c.id),
+}
 INSERT_CHUNKS = insert(CHUNKS)
 MAX_MESSAGE_ID = select(func.coalesce(func.max(MESSAGES.c.id), 0))
 
