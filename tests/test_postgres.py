@@ -1,23 +1,34 @@
-"""The store on PostgreSQL where it differs from SQLite: the migrated schema, text PostgreSQL
-refuses as it is, users added by two processes at once. Each test gets a new empty database
-(skipped without a local PostgreSQL, failed under ``CHATRUN_REQUIRE_SERVICES=1``). The suites
-that run whole on PostgreSQL too are listed in ``.ci/run`` (``CHATRUN_TEST_DATABASE=postgres``).
+"""The store on PostgreSQL where it differs from SQLite: the migrated schema, processes that
+start together on an empty database, text PostgreSQL refuses as it is, users added by two
+processes at once. Each test gets a new empty database (skipped without a local PostgreSQL,
+failed under ``CHATRUN_REQUIRE_SERVICES=1``). The suites that run whole on PostgreSQL too are
+listed in ``.ci/run`` (``CHATRUN_TEST_DATABASE=postgres``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from db.engine import alembic_config
 from db.models import Base
 from db.records import FlushBatch, MessageWrite, RunFinish, RunRecord
 from db.store import Store
 from tests.databases import StoredDatabase
+from tests.helpers import TOKEN, free_port, until_async
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_models_match_the_migrated_schema(postgres_url: str) -> None:
@@ -33,6 +44,69 @@ async def test_models_match_the_migrated_schema(postgres_url: str) -> None:
         assert await store.integrity_check() == "ok"
     finally:
         await store.close()
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def test_processes_started_together_on_an_empty_database_all_start_and_migrate_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    ports = [free_port() for _ in range(3)]
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / f"server-{i}.log" for i in range(len(ports))]
+    try:
+        for i, port in enumerate(ports):
+            env = {
+                **os.environ,
+                "CHATRUN_DATABASE_URL": postgres_url,
+                "CHATRUN_DATA_DIR": str(tmp_path / f"data-{i}"),
+                "CHATRUN_PORT": str(port),
+                "CHATRUN_AUTH_TOKEN": TOKEN,
+                "CHATRUN_UPSTREAM_URL": "http://127.0.0.1:9",
+            }
+            with open(logs[i], "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "server"],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
+                )
+
+        async def all_ready() -> bool:
+            for proc, log in zip(procs, logs, strict=True):
+                assert proc.poll() is None, log.read_text()
+            return all([await _listening(port) for port in ports])
+
+        await until_async(all_ready, timeout=60, what="not every server process started")
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        stored = StoredDatabase(postgres_url)
+        try:
+            assert [tuple(r) for r in stored.query("SELECT version_num FROM alembic_version")] == [
+                (head,)
+            ]
+            assert [r[0] for r in stored.query("SELECT name FROM users")] == ["default"]
+        finally:
+            stored.close()
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def _run(session_id: str) -> RunRecord:
