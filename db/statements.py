@@ -7,6 +7,7 @@ import functools
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Insert,
     Integer,
     Table,
@@ -105,8 +106,9 @@ HISTORY = (
     select(MESSAGES.c.id, MESSAGES.c.role, MESSAGES.c.content, MESSAGES.c.token_count)
     .where(
         MESSAGES.c.session_id == bindparam("session_id"),
-        MESSAGES.c.id > bindparam("after_id"),
-        MESSAGES.c.id < bindparam("before_id"),
+        # 64-bit bounds: a caller's "no bound" (2**62) is out of PostgreSQL's INTEGER range
+        MESSAGES.c.id > bindparam("after_id", type_=BigInteger),
+        MESSAGES.c.id < bindparam("before_id", type_=BigInteger),
         # constants written out, so the statement compiles once with no expanding parameters
         MESSAGES.c.role.in_([literal_column("'user'"), literal_column("'assistant'")]),
         MESSAGES.c.content != literal_column("''"),
