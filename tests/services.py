@@ -39,6 +39,13 @@ def database_kind() -> str:
     return kind
 
 
+# a test of what only SQLite does (db/sqlite/), skipped where test servers run on PostgreSQL
+sqlite_only = pytest.mark.skipif(
+    database_kind() == "postgres",
+    reason="tests SQLite's own shortcuts (db/sqlite/), which PostgreSQL never uses",
+)
+
+
 async def _admin() -> asyncpg.Connection:
     try:
         return await asyncpg.connect(
