@@ -4,7 +4,8 @@
 
 Prints one JSON object: tokens expected/delivered, sessions with the exact token sequence,
 per-token latency percentiles (upstream send → receipt), time to first delta, and the server's
-CPU seconds and peak RSS during the load.
+CPU seconds and peak RSS during the load. ``# measuring`` and ``# measured`` on stderr mark the
+window the CPU time is read over (the suite reads PostgreSQL's CPU over the same window).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 from array import array
 from pathlib import Path
@@ -85,6 +87,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rss_before = rss_kib(args.pid)
     peak = rss_before
     cpu0 = cpu_seconds(args.pid)
+    print("# measuring", file=sys.stderr, flush=True)
     started = time.time()
 
     async def start(sid: str, client: LeanClient) -> None:
@@ -107,6 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in sessions.values())), timeout)
     elapsed = time.time() - started
     cpu = cpu_seconds(args.pid) - cpu0
+    print("# measured", file=sys.stderr, flush=True)
     sampler.cancel()
     for client in items:
         await client.close()

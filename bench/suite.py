@@ -2,17 +2,23 @@
 
     python -m bench.suite                 # all levels, 3 runs each (about 15 minutes)
     python -m bench.suite --quick         # small level only, 1 run each
+    python -m bench.suite --database postgres   # Chatrun's store on a local PostgreSQL
 
 Every level runs three systems on the same load, each in its own processes, with the fake
 upstream (bench/upstream.py) and the load generator (bench/load.py) in processes of their own:
 a bare python-socketio emitter (no upstream), a bare relay (bench/bare_relay.py) and Chatrun.
 Figures are medians over the runs; Chatrun's are also given as ratios to the bare relay.
+
+With ``--database postgres`` every Chatrun process gets a new database of its own on the local
+PostgreSQL (dropped after), and the CPU that PostgreSQL's processes spend on the load is read
+from /proc beside the server's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -24,12 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
-from bench.load import percentile, rss_kib
+from bench.load import cpu_seconds, percentile, rss_kib
 from bench.sioclient import LeanClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +87,101 @@ class Proc:
             self.proc.wait()
 
 
+class Postgres:
+    """A local PostgreSQL (``user@host:port``, no password) that gives each Chatrun process a
+    new database, and reads the CPU time of its server processes from /proc."""
+
+    def __init__(self, address: str) -> None:
+        user, _, hostport = address.rpartition("@")
+        host, _, port = hostport.partition(":")
+        self.user, self.host, self.port = user or "postgres", host, int(port or 5432)
+
+    async def _admin(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            host=self.host, port=self.port, user=self.user, database="postgres"
+        )
+
+    async def create(self) -> str:
+        """A new empty database; its name."""
+        name = f"chatrun_bench_{os.getpid()}_{time.monotonic_ns()}"
+        admin = await self._admin()
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        return name
+
+    async def drop(self, name: str) -> None:
+        admin = await self._admin()
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    def url(self, name: str) -> str:
+        return f"postgresql+asyncpg://{self.user}@{self.host}:{self.port}/{name}"
+
+    async def watch(self, name: str, stop: asyncio.Event) -> dict[str, float]:
+        """CPU seconds PostgreSQL spends until ``stop`` is set:
+
+        - ``backends``: the processes serving database ``name`` (sampled every 0.25 s: one that
+          exits between two samples loses at most its last 0.25 s);
+        - ``server``: the whole server (every backend, of any database, the WAL writer,
+          checkpointer and autovacuum, with the children that exited meanwhile): what the
+          load cost PostgreSQL, plus whatever else used it at the time.
+        """
+        admin = await self._admin()
+        try:
+            postmaster = _stat(await admin.fetchval("SELECT pg_backend_pid()"))[1]
+            server0 = _server_cpu(postmaster)
+            seen: dict[int, tuple[float, float]] = {}  # pid -> (CPU at start, CPU last seen)
+            first = True
+            while True:
+                for (pid,) in await admin.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1", name
+                ):
+                    try:
+                        now = cpu_seconds(pid)
+                    except OSError:
+                        continue
+                    # a backend that starts during the load spends all its time on it
+                    start = seen[pid][0] if pid in seen else (now if first else 0.0)
+                    seen[pid] = (start, now)
+                first = False
+                if stop.is_set():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.25)
+            server = _server_cpu(postmaster) - server0
+        finally:
+            await admin.close()
+        backends = sum(last - start for start, last in seen.values())
+        return {"backends": round(backends, 3), "server": round(server, 3)}
+
+
+def _stat(pid: int) -> list[int]:
+    """The numeric fields of /proc/PID/stat after the command name (index 1: parent pid;
+    11, 12: user and system time; 13, 14: those of its exited children, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return [int(f) if f.lstrip("-").isdigit() else 0 for f in fields]
+
+
+def _server_cpu(postmaster: int) -> float:
+    """CPU seconds of a PostgreSQL server: the postmaster, its live children and those it has
+    reaped."""
+    own = _stat(postmaster)
+    ticks = own[11] + own[12] + own[13] + own[14]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                child = _stat(int(entry.name))
+            except OSError:
+                continue
+            if child[1] == postmaster:
+                ticks += child[11] + child[12]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def chatrun(upstream: str, data_dir: str, **extra: str) -> Proc:
     env = {
         "CHATRUN_DATA_DIR": data_dir,
@@ -125,8 +228,13 @@ def histogram_quantile(
 
 
 async def load(
-    url: str, level: tuple[int, int, float], pid: int, prefix: str = "load"
+    url: str,
+    level: tuple[int, int, float],
+    pid: int,
+    on_mark: Callable[[str], None] | None = None,
+    prefix: str = "load",
 ) -> dict[str, Any]:
+    """Run the load generator; ``on_mark`` gets its ``# measuring`` / ``# measured`` marks."""
     sessions, tokens, rate = level
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -143,16 +251,34 @@ async def load(
         prefix,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await proc.communicate()
+
+    async def marks() -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith("# ") and on_mark is not None:
+                on_mark(line[2:])
+            elif not line.startswith("# "):
+                print(line, file=sys.stderr)
+
+    reader = asyncio.ensure_future(marks())
+    assert proc.stdout is not None
+    out = await proc.stdout.read()
+    await proc.wait()
+    await reader
     if proc.returncode != 0:
         raise RuntimeError("load generator failed")
     result: dict[str, Any] = json.loads(out)
     return result
 
 
-async def one_run(system: str, level: tuple[int, int, float], tmp: str) -> dict[str, Any]:
+async def one_run(
+    system: str, level: tuple[int, int, float], tmp: str, pg: Postgres | None = None
+) -> dict[str, Any]:
     upstream = await Proc(["bench.upstream", "{port}"]).ready() if system != "emitter" else None
+    database = await pg.create() if pg is not None and system == "chatrun" else None
     if system == "emitter":
         server = Proc(["bench.bare_emitter", "{port}"])
     elif system == "relay":
@@ -160,22 +286,65 @@ async def one_run(system: str, level: tuple[int, int, float], tmp: str) -> dict[
         server = Proc(["bench.bare_relay", "{port}", upstream.url])
     else:
         assert upstream is not None
-        server = chatrun(upstream.url, tempfile.mkdtemp(dir=tmp))
+        server = chatrun(upstream.url, tempfile.mkdtemp(dir=tmp), **database_env(pg, database))
     try:
         await server.ready()
         before = await metrics(server.url) if system == "chatrun" else {}
-        result = await load(server.url, level, server.proc.pid)
+        watch = DatabaseWatch(pg, database)
+        result = await load(server.url, level, server.proc.pid, watch.mark)
         if system == "chatrun":
             after = await metrics(server.url)
             lag = histogram_quantile(before, after, "chatrun_event_loop_lag_seconds", 0.99)
             result["loop_lag_p99_ms"] = None if lag is None else lag * 1000
             tx = after["chatrun_db_transactions"] - before["chatrun_db_transactions"]
             result["db_transactions_per_s"] = round(tx / result["seconds"], 1)
+            result.update(await watch.result(result["delivered_tokens"]))
         return result
     finally:
         server.stop()
         if upstream is not None:
             upstream.stop()
+        if pg is not None and database is not None:
+            await pg.drop(database)
+
+
+def database_env(pg: Postgres | None, database: str | None) -> dict[str, str]:
+    """Chatrun's database setting: the new PostgreSQL database, or nothing (SQLite in the
+    data dir)."""
+    if pg is None or database is None:
+        return {}
+    return {"CHATRUN_DATABASE_URL": pg.url(database)}
+
+
+class DatabaseWatch:
+    """PostgreSQL's CPU over the load generator's measuring window (nothing on SQLite, whose
+    work is in the server's own CPU time)."""
+
+    def __init__(self, pg: Postgres | None, database: str | None) -> None:
+        self.pg, self.database = pg, database
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[dict[str, float]] | None = None
+
+    def mark(self, mark: str) -> None:
+        if self.pg is None or self.database is None:
+            return
+        if mark == "measuring":
+            self.task = asyncio.ensure_future(self.pg.watch(self.database, self.stop))
+        elif mark == "measured":
+            self.stop.set()
+
+    async def result(self, deltas: int) -> dict[str, float]:
+        if self.task is None:
+            return {}
+        self.stop.set()
+        cpu = await self.task
+        per = 1000 / max(deltas, 1)
+        return {
+            "db_backend_cpu_s": cpu["backends"],
+            "db_backend_cpu_s_per_1000_deltas": round(cpu["backends"] * per, 4),
+            "db_server_cpu_s": cpu["server"],
+            "db_server_cpu_s_per_1000_deltas": round(cpu["server"] * per, 4),
+        }
 
 
 def median(runs: list[dict[str, Any]], path: str) -> float | None:
@@ -200,8 +369,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds",
         "loop_lag_p99_ms",
         "db_transactions_per_s",
+        "db_backend_cpu_s_per_1000_deltas",
+        "db_server_cpu_s_per_1000_deltas",
     ]
     out: dict[str, Any] = {k: median(runs, k) for k in keys}
+    for key in ("db_backend_cpu_s_per_1000_deltas", "db_server_cpu_s_per_1000_deltas"):
+        if out[key] is None:  # measured only with the store on PostgreSQL
+            del out[key]
     out["all_tokens_in_order"] = all(r["exact_sessions"] == r["sessions"] for r in runs)
     out["delivered_vs_produced"] = round(
         sum(r["delivered_tokens"] for r in runs) / sum(r["expected_tokens"] for r in runs), 4
@@ -216,9 +390,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def idle_sockets(tmp: str, count: int) -> float:
+async def idle_sockets(tmp: str, count: int, pg: Postgres | None) -> float:
     upstream = await Proc(["bench.upstream", "{port}"]).ready()
-    server = await chatrun(upstream.url, tempfile.mkdtemp(dir=tmp)).ready()
+    database = await pg.create() if pg is not None else None
+    server = await chatrun(
+        upstream.url, tempfile.mkdtemp(dir=tmp), **database_env(pg, database)
+    ).ready()
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             warm = LeanClient(http, server.url, "/chat-run", {"token": TOKEN}, lambda *a: None)
@@ -239,38 +416,70 @@ async def idle_sockets(tmp: str, count: int) -> float:
     finally:
         server.stop()
         upstream.stop()
+        if pg is not None and database is not None:
+            await pg.drop(database)
+
+
+SESSION_ROW = (
+    "INSERT INTO sessions (id, owner_id, title, profile, created_at, updated_at, last_seq, "
+    "input_tokens, output_tokens) VALUES (?, ?, 'big', 'default', ?, ?, 0, 0, 0)"
+)
+MESSAGE_ROW = (
+    "INSERT INTO messages (session_id, role, content, reasoning, status, created_at, "
+    "updated_at) VALUES (?, ?, ?, '', 'complete', ?, ?)"
+)
+OWNER = "SELECT id FROM users WHERE name = 'default'"
+
+
+def seed_rows(session_id: str, count: int) -> list[tuple[str, str, str, float, float]]:
+    now = time.time()
+    body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8
+    return [
+        (session_id, "user" if i % 2 == 0 else "assistant", f"{i}: {body}", now, now)
+        for i in range(count)
+    ]
 
 
 def seed(db_path: Path, session_id: str, count: int) -> None:
     db = sqlite3.connect(db_path)
-    owner = db.execute("SELECT id FROM users WHERE name = 'default'").fetchone()[0]
+    owner = db.execute(OWNER).fetchone()[0]
     now = time.time()
-    db.execute(
-        "INSERT INTO sessions (id, owner_id, title, profile, created_at, updated_at, "
-        "last_seq, input_tokens, output_tokens) VALUES (?, ?, 'big', 'default', ?, ?, 0, "
-        "0, 0)",
-        (session_id, owner, now, now),
-    )
-    body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8
-    db.executemany(
-        "INSERT INTO messages (session_id, role, content, reasoning, status, created_at, "
-        "updated_at) VALUES (?, ?, ?, '', 'complete', ?, ?)",
-        [
-            (session_id, "user" if i % 2 == 0 else "assistant", f"{i}: {body}", now, now)
-            for i in range(count)
-        ],
-    )
+    db.execute(SESSION_ROW, (session_id, owner, now, now))
+    db.executemany(MESSAGE_ROW, seed_rows(session_id, count))
     db.commit()
     db.close()
 
 
-async def resume_and_replay(tmp: str, rounds: int) -> dict[str, Any]:
+async def seed_postgres(pg: Postgres, database: str, session_id: str, count: int) -> None:
+    db = await asyncpg.connect(host=pg.host, port=pg.port, user=pg.user, database=database)
+    try:
+        owner = await db.fetchval(OWNER)
+        now = time.time()
+        await db.execute(_numbered(SESSION_ROW), session_id, owner, now, now)
+        await db.executemany(_numbered(MESSAGE_ROW), seed_rows(session_id, count))
+    finally:
+        await db.close()
+
+
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``, …"""
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
+
+
+async def resume_and_replay(tmp: str, rounds: int, pg: Postgres | None) -> dict[str, Any]:
     data_dir = tempfile.mkdtemp(dir=tmp)
     upstream = await Proc(["bench.upstream", "{port}"]).ready()
-    server = await chatrun(upstream.url, data_dir, CHATRUN_RETAINED_EVENTS="20000").ready()
+    database = await pg.create() if pg is not None else None
+    server = await chatrun(
+        upstream.url, data_dir, CHATRUN_RETAINED_EVENTS="20000", **database_env(pg, database)
+    ).ready()
     result: dict[str, Any] = {}
     try:
-        seed(Path(data_dir) / "chatrun.db", "big", 500)
+        if pg is not None and database is not None:
+            await seed_postgres(pg, database, "big", 500)
+        else:
+            seed(Path(data_dir) / "chatrun.db", "big", 500)
         got: asyncio.Queue[tuple[str, Any, float]] = asyncio.Queue()
         async with aiohttp.ClientSession() as http:
             client = LeanClient(
@@ -348,6 +557,8 @@ async def resume_and_replay(tmp: str, rounds: int) -> dict[str, Any]:
     finally:
         server.stop()
         upstream.stop()
+        if pg is not None and database is not None:
+            await pg.drop(database)
     return result
 
 
@@ -363,16 +574,29 @@ async def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--levels", default=",".join(LEVELS))
     parser.add_argument("--idle-sockets", type=int, default=2000)
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="Chatrun's store: SQLite in its data dir, or a new database per run on PostgreSQL",
+    )
+    parser.add_argument(
+        "--postgres",
+        default="postgres@127.0.0.1:5432",
+        metavar="USER@HOST:PORT",
+        help="the local PostgreSQL for --database postgres (no password)",
+    )
     args = parser.parse_args()
     levels = ["small"] if args.quick else args.levels.split(",")
     repeats = 1 if args.quick else args.repeats
-    report: dict[str, Any] = {"levels": {}}
+    pg = Postgres(args.postgres) if args.database == "postgres" else None
+    report: dict[str, Any] = {"database": args.database, "levels": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in levels:
             level = LEVELS[name]
             row: dict[str, Any] = {}
             for system in ("emitter", "relay", "chatrun"):
-                runs = [await one_run(system, level, tmp) for _ in range(repeats)]
+                runs = [await one_run(system, level, tmp, pg) for _ in range(repeats)]
                 row[system] = summarise(runs)
             c, r = row["chatrun"], row["relay"]
             row["chatrun_vs_relay"] = {
@@ -388,9 +612,9 @@ async def main() -> None:
             print(f"# {name} done", file=sys.stderr)
         if args.idle_sockets:
             report["rss_kib_per_idle_socket"] = await idle_sockets(
-                tmp, 200 if args.quick else args.idle_sockets
+                tmp, 200 if args.quick else args.idle_sockets, pg
             )
-        report.update(await resume_and_replay(tmp, 20 if args.quick else 100))
+        report.update(await resume_and_replay(tmp, 20 if args.quick else 100, pg))
     print(json.dumps(report, indent=2))
     print_table(report)
 
@@ -409,6 +633,12 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{s['events_per_delta']!s:>9}{s['all_tokens_in_order']!s:>9}"
             )
         print(f"{'':<13}ratios   {row['chatrun_vs_relay']}")
+        c = row["chatrun"]
+        if "db_server_cpu_s_per_1000_deltas" in c:
+            print(
+                f"{'':<13}PostgreSQL cpu/1k: backends {c['db_backend_cpu_s_per_1000_deltas']}, "
+                f"whole server {c['db_server_cpu_s_per_1000_deltas']}"
+            )
     print(
         f"idle socket RSS: {report.get('rss_kib_per_idle_socket')} KiB; resume snapshot 500: "
         f"{report['resume_snapshot_500_ms']} ms; replay: {report['replay']}; "

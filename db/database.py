@@ -1,5 +1,6 @@
 """An open database: its engine, the group commit every write goes through, and on SQLite the
-threads of its shortcuts (``db.sqlite``)."""
+threads of its shortcuts (``db.sqlite``). On PostgreSQL every read and write goes through
+SQLAlchemy and asyncpg."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.commit import GroupCommit
-from db.engine import create_engine, migrate
+from db.engine import CONNECT_TIMEOUT_S, check_url, create_engine, migrate
+from db.errors import DatabaseUnavailable
 from db.sqlite.ids import MessageIds
 from db.sqlite.onetrip import OneTrip
 from db.sqlite.thread import SQLiteThread
@@ -32,10 +35,33 @@ class Database:
         self.message_ids: MessageIds | None = None  # SQLite: ids counted in this process
 
     async def open(self) -> None:
+        """Connect, migrate, and start the writers. ``UnsupportedDatabase`` for a URL of
+        another database, ``DatabaseUnavailable`` when the database does not answer."""
         engine = self._engine = create_engine(self.url)
-        if engine.dialect.name != "sqlite":
-            log.warning("only SQLite databases are supported; %s is untested", engine.dialect.name)
-        await migrate(engine)
+        try:
+            await self._connect()
+            await migrate(engine)
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _connect(self) -> None:
+        """The first connection, with what went wrong said plainly when it fails."""
+        try:
+            await self.ping()
+        except (OSError, TimeoutError, DBAPIError) as exc:
+            where = check_url(self.url).render_as_string(hide_password=True)
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            lines = str(cause).strip().splitlines()
+            if isinstance(cause, TimeoutError):
+                reason = f"no answer within {CONNECT_TIMEOUT_S:g} s"
+            else:
+                reason = lines[0] if lines else type(cause).__name__
+            raise DatabaseUnavailable(f"cannot connect to the database {where}: {reason}") from None
+
+    async def _start(self) -> None:
+        engine = self.engine
         one_trip = None
         if engine.dialect.name == "sqlite":
             ids = self.message_ids = MessageIds()

@@ -14,3 +14,13 @@ class NotOwner(StoreError):
 
 class NameTaken(StoreError):
     """A user with that name exists already."""
+
+
+class UnsupportedDatabase(StoreError):
+    """The database URL names a database or driver Chatrun does not support (or cannot be
+    read at all)."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database does not answer (not running, wrong address, refused login, no such
+    database)."""

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import BigInteger, bindparam, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.database import Database
@@ -42,8 +42,8 @@ class Messages:
             .outerjoin(Run, Run.id == Message.run_id)
             .where(Message.session_id == session_id)
         )
-        if before_id is not None:
-            query = query.where(Message.id < before_id)
+        if before_id is not None:  # a 64-bit bound (PostgreSQL's INTEGER would refuse 2**62)
+            query = query.where(Message.id < literal(before_id, BigInteger))
         async with self.db.read() as conn:
             rows = await conn.execute(query.order_by(Message.id.desc()).limit(limit))
             records = [message_record(r._mapping) for r in rows]

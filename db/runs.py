@@ -43,7 +43,7 @@ class Runs:
         checked its owner) the run is inserted at that position; without it, the session is
         created. A session that is already stored makes it a ``clash`` with nothing written
         (the caller loads the session and enqueues again with its position). Only a duplicate
-        ``queue_id`` (or a clash outside SQLite's one-trip writes) takes the careful path.
+        ``queue_id`` takes the careful path.
 
         With ``start`` (its user and assistant messages) the run is stored as started right
         away. When the session already has a run with this ``queue_id``, that run is returned

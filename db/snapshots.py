@@ -13,7 +13,7 @@ from db.messages import Messages
 from db.records import HistoryItem, SnapshotRecord
 from db.rows import snapshot_record
 from db.sqlite.onetrip import read_context
-from db.statements import LATEST_SNAPSHOT, SNAPSHOTS
+from db.statements import HISTORY, LATEST_SNAPSHOT, SNAPSHOTS
 
 
 class Snapshots:
@@ -53,12 +53,17 @@ class Snapshots:
         """A session's newest snapshot and the turns after it up to ``before_id`` (as
         ``Messages.history``), read together: on a SQLite file in one trip to the reader
         thread, which costs a fraction of the CPU of the two reads through SQLAlchemy and waits
-        for one turn of the event loop instead of several."""
-        if self.db.reader is None:
-            snapshot = await self.latest(session_id)
-            after = snapshot.last_message_id if snapshot is not None else 0
-            items = await self.messages.history(session_id, before_id, count, after_id=after)
-            return snapshot, items
+        for one turn of the event loop instead of several; elsewhere on one connection."""
+        if self.db.reader is None:  # PostgreSQL (or SQLite in memory): one connection
+            async with self.db.read() as conn:
+                row = (await conn.execute(LATEST_SNAPSHOT, {"session_id": session_id})).first()
+                snapshot = None if row is None else snapshot_record(row._mapping)
+                after = snapshot.last_message_id if snapshot is not None else 0
+                result = await conn.execute(
+                    HISTORY, {"session_id": session_id, "after_id": after, "before_id": before_id}
+                )
+                rows = [(r.id, r.role, r.content, r.token_count) for r in result]
+            return snapshot, await self.messages.counted(rows, count)
         found, rows = await read_context(self.db.reader, self.db.dialect, session_id, before_id)
         snapshot = None if found is None else snapshot_record(found)
         return snapshot, await self.messages.counted(rows, count)

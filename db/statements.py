@@ -7,6 +7,8 @@ import functools
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
+    Insert,
     Integer,
     Table,
     bindparam,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from db.models import ContextSnapshot, Message, MessageChunk, Run, Session
 
@@ -31,6 +34,16 @@ INSERT_MESSAGES = insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_or
 INSERT_MESSAGE_ROWS = insert(MESSAGES)
 INSERT_RUN = insert(RUNS)
 INSERT_SESSION = insert(SESSIONS)
+# New sessions that are not stored yet, by dialect: the ids of those inserted come back, a
+# session stored already is left as it is (and its run is a clash)
+INSERT_NEW_SESSIONS: dict[str, Insert] = {
+    "postgresql": postgresql.insert(SESSIONS)
+    .on_conflict_do_nothing(index_elements=[SESSIONS.c.id])
+    .returning(SESSIONS.c.id),
+    "sqlite": sqlite.insert(SESSIONS)
+    .on_conflict_do_nothing(index_elements=[SESSIONS.c.id])
+    .returning(SESSIONS.c.id),
+}
 INSERT_CHUNKS = insert(CHUNKS)
 MAX_MESSAGE_ID = select(func.coalesce(func.max(MESSAGES.c.id), 0))
 
@@ -93,8 +106,9 @@ HISTORY = (
     select(MESSAGES.c.id, MESSAGES.c.role, MESSAGES.c.content, MESSAGES.c.token_count)
     .where(
         MESSAGES.c.session_id == bindparam("session_id"),
-        MESSAGES.c.id > bindparam("after_id"),
-        MESSAGES.c.id < bindparam("before_id"),
+        # 64-bit bounds: a caller's "no bound" (2**62) is out of PostgreSQL's INTEGER range
+        MESSAGES.c.id > bindparam("after_id", type_=BigInteger),
+        MESSAGES.c.id < bindparam("before_id", type_=BigInteger),
         # constants written out, so the statement compiles once with no expanding parameters
         MESSAGES.c.role.in_([literal_column("'user'"), literal_column("'assistant'")]),
         MESSAGES.c.content != literal_column("''"),

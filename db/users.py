@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 
@@ -56,7 +57,12 @@ class Users:
                         .values(token_hash=digest, revoked_at=None)
                     )
 
-        await self.db.transact(tx)
+        try:
+            await self.db.transact(tx)
+        except IntegrityError:
+            # another process sharing the database (PostgreSQL) added the same user as this
+            # one started: what it committed is read this time
+            await self.db.transact(tx)
 
     async def by_token(self, token: str) -> UserRecord | None:
         async with self.db.read() as conn:
@@ -103,7 +109,8 @@ class Users:
                 )
             )
 
-        await self.db.transact(tx)
+        with contextlib.suppress(IntegrityError):  # another process sharing the database
+            await self.db.transact(tx)  # created it first
         user = await self.by_name(name)
         assert user is not None
         return user

@@ -12,14 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.records import Enqueued, FlushBatch, RunRecord, SessionRecord, dump_json
 from db.rows import message_row
-from db.statements import BULK, INSERT_MESSAGES, INSERT_RUN, INSERT_SESSION
+from db.statements import BULK, INSERT_MESSAGES, INSERT_NEW_SESSIONS, INSERT_RUN
 
 
 class RunInsert:
     """The rows of one new run: its session when new, its start messages when it starts now.
 
     Consecutive run inserts of one group commit share three ``executemany`` statements instead
-    of costing four statements each, so a burst of new runs is written in one short transaction.
+    of costing four statements each, so a burst of new runs is written in one short transaction
+    (on PostgreSQL those that return ids are sent as multi-row statements, the others through
+    asyncpg's pipelined ``executemany``).
     """
 
     __slots__ = ("enqueued", "messages", "run_row", "session_row")
@@ -101,15 +103,33 @@ class RunInsert:
 
     @staticmethod
     async def run_many(conn: AsyncConnection, inserts: list[RunInsert]) -> list[Enqueued]:
-        """Insert the rows of ``inserts`` in the connection's transaction (a session that is
-        stored already raises ``IntegrityError``)."""
-        sessions = [i.session_row for i in inserts if i.session_row is not None]
-        if sessions:
-            await conn.execute(INSERT_SESSION, sessions)
-        await conn.execute(INSERT_RUN, [i.run_row for i in inserts])
-        rows = [m for i in inserts for m in i.messages]
-        ids = [row[0] for row in await conn.execute(INSERT_MESSAGES, rows)] if rows else []
+        """Insert the rows of ``inserts`` in the connection's transaction.
+
+        A new session that is stored already (or that an earlier insert of the same call
+        creates) is not written again: that insert is a ``clash`` and writes nothing, as in
+        the SQLite writer's one trip.
+        """
+        first: dict[str, dict[str, Any]] = {}  # session id -> the row of its first insert
         for i in inserts:
+            if i.session_row is not None:
+                first.setdefault(i.session_row["id"], i.session_row)
+        created: set[str] = set()
+        if first:
+            statement = INSERT_NEW_SESSIONS[conn.dialect.name]
+            created = {row[0] for row in await conn.execute(statement, list(first.values()))}
+        kept: list[RunInsert] = []
+        for i in inserts:
+            row = i.session_row
+            if row is not None and (first[row["id"]] is not row or row["id"] not in created):
+                i.enqueued.clash = True
+                i.enqueued.session = None
+            else:
+                kept.append(i)
+        if kept:
+            await conn.execute(INSERT_RUN, [i.run_row for i in kept])
+        rows = [m for i in kept for m in i.messages]
+        ids = [row[0] for row in await conn.execute(INSERT_MESSAGES, rows)] if rows else []
+        for i in kept:
             if i.messages:
                 user_id, assistant_id = ids[0], ids[1]
                 del ids[:2]

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server import logs
 from server.app import create_app
-from server.errors import ConfigError
+from server.errors import ConfigError, StartFailed
 from server.settings import Settings
 
 log = logging.getLogger("chatrun")
@@ -74,6 +74,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"chatrun: {exc.message}", file=sys.stderr)
         return 2
+    except StartFailed as exc:
+        print(f"chatrun: {exc.message}", file=sys.stderr)
+        return 1
     return 0
 
 

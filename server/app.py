@@ -14,6 +14,7 @@ import aiohttp
 import socketio
 from aiohttp import web
 
+from db.errors import DatabaseUnavailable, UnsupportedDatabase
 from db.records import UserRecord
 from db.store import Store
 from server.auth import Authenticator
@@ -21,6 +22,7 @@ from server.cluster import cluster
 from server.cluster.cluster import Cluster
 from server.cluster.fanout import RedisFanout
 from server.context.tokens import TokenCounter
+from server.errors import ConfigError, StartFailed
 from server.http.admin import AdminApi
 from server.http.api import SessionApi, api_errors
 from server.http.cors import cors_middleware, socketio_origins
@@ -201,7 +203,7 @@ def _lifecycle(chatrun: Chatrun, admin: AdminApi) -> Any:
         settings = chatrun.settings
         if settings.resolved_database_url.startswith("sqlite") and not settings.database_url:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        await chatrun.store.open()
+        await open_store(chatrun.store)
         http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None),
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
@@ -233,6 +235,17 @@ def _lifecycle(chatrun: Chatrun, admin: AdminApi) -> Any:
             await chatrun.store.close()
 
     return lifecycle
+
+
+async def open_store(store: Store) -> None:
+    """Open (and migrate) the store; a database that does not answer stops the start with one
+    line that says so."""
+    try:
+        await store.open()
+    except DatabaseUnavailable as exc:
+        raise StartFailed(f"{exc} (CHATRUN_DATABASE_URL)") from None
+    except UnsupportedDatabase as exc:
+        raise ConfigError(f"CHATRUN_DATABASE_URL: {exc}") from None
 
 
 async def _stop_runs(chatrun: Chatrun) -> None:

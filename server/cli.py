@@ -7,9 +7,12 @@ import asyncio
 import datetime
 import re
 import secrets
+import sys
 
 from db.errors import NameTaken
 from db.store import Store
+from server.app import open_store
+from server.errors import ConfigError, StartFailed
 from server.settings import Settings
 
 USER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -31,7 +34,7 @@ async def run(settings: Settings, argv: list[str]) -> int:
     if settings.resolved_database_url.startswith("sqlite") and not settings.database_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.resolved_database_url)
-    await store.open()
+    await open_store(store)
     try:
         if args.command == "add":
             if not USER_NAME.fullmatch(args.name):
@@ -59,4 +62,8 @@ async def run(settings: Settings, argv: list[str]) -> int:
 
 
 def main(settings: Settings, argv: list[str]) -> int:
-    return asyncio.run(run(settings, argv))
+    try:
+        return asyncio.run(run(settings, argv))
+    except (ConfigError, StartFailed) as exc:
+        print(f"chatrun: {exc.message}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1

@@ -32,6 +32,13 @@ class ConfigError(ChatrunError):
     code = "config"
 
 
+class StartFailed(ChatrunError):
+    """Something the server needs at start does not answer (the database); raised at
+    start-up, never sent to clients."""
+
+    code = "start_failed"
+
+
 class BadRequest(ChatrunError):
     code = "bad_request"
     http_status = 400

@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from db.engine import default_url
+from db.engine import check_url, default_url
+from db.errors import UnsupportedDatabase
 from server.errors import ConfigError
 
 PREFIX = "CHATRUN_"
@@ -36,7 +37,8 @@ class Settings:
     )
     database_url: str = _setting(
         "",
-        "Database URL; only SQLite (`sqlite+aiosqlite:///<path>`) is supported. Default "
+        "Database URL: SQLite (`sqlite+aiosqlite:///<path>`) or PostgreSQL "
+        "(`postgresql+asyncpg://<user>@<host>/<database>`), nothing else. Default "
         "`sqlite+aiosqlite:///<data dir>/chatrun.db`.",
     )
     auth_token: str = _setting(
@@ -247,6 +249,10 @@ class Settings:
             raise ConfigError("CHATRUN_PORT must be between 0 and 65535")
         if self.auth_tokens:
             parse_user_tokens(self.auth_tokens)
+        try:
+            check_url(self.resolved_database_url)
+        except UnsupportedDatabase as exc:
+            raise ConfigError(f"CHATRUN_DATABASE_URL: {exc}") from None
         self._validate_cluster()
 
     @property

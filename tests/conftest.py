@@ -5,6 +5,11 @@
   real port, on a fresh data directory under ``tmp_path``, with the test settings of
   ``tests.helpers.make_settings`` and the given ``Settings`` fields on top. Call it as often as
   a test needs; every server it made is stopped at teardown (``restart`` keeps the data).
+- ``databases``: the database of each data dir (``tests/databases.py``): its SQLite file, or
+  with ``CHATRUN_TEST_DATABASE=postgres`` a new PostgreSQL database, dropped at teardown.
+- ``postgres_url`` / ``redis_url``: for tests that need the service itself: a new empty
+  PostgreSQL database, or the local Redis; skipped when it does not answer, unless
+  ``CHATRUN_REQUIRE_SERVICES=1`` (CI), where that fails the test.
 - ``server``: the default server, against ``hermes``. A test file that needs other settings
   for all its tests overrides it with a one-line fixture calling ``make_server``.
 - ``tab_factory`` / ``tab``: recording Socket.IO tabs (``tests.helpers.Tab``) on ``server``, or
@@ -28,6 +33,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, async_playwright
 
+from tests.databases import Databases
 from tests.fakes.hermes import FakeHermes
 from tests.helpers import (
     TOKEN,
@@ -37,6 +43,7 @@ from tests.helpers import (
     TabFactory,
     make_settings,
 )
+from tests.services import REDIS_URL, database_kind, need_redis, postgres_database
 
 CHROMIUM = Path("/usr/bin/chromium")
 HAVE_CHROMIUM = CHROMIUM.exists()
@@ -58,8 +65,29 @@ async def hermes() -> AsyncIterator[FakeHermes]:
 
 
 @pytest.fixture
+async def databases() -> AsyncIterator[Databases]:
+    registry = Databases(database_kind())
+    try:
+        yield registry
+    finally:
+        await registry.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    await need_redis()
+    return REDIS_URL
+
+
+@pytest.fixture
 async def make_server(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, databases: Databases
 ) -> AsyncIterator[ServerFactory]:
     servers: list[ChatrunServer] = []
     loop = asyncio.get_running_loop()
@@ -69,7 +97,10 @@ async def make_server(
 
     async def make(*, upstream_url: str, **settings: Any) -> ChatrunServer:
         data_dir = settings.pop("data_dir", None) or tmp_path / f"server-{len(servers)}"
-        srv = ChatrunServer(make_settings(data_dir, upstream_url, **settings))
+        if "database_url" not in settings and (url := await databases.url(data_dir)):
+            settings["database_url"] = url
+        config = make_settings(data_dir, upstream_url, **settings)
+        srv = ChatrunServer(config, databases.stored_at(config.resolved_database_url))
         servers.append(srv)
         # A finalizer of the test itself: it runs before the teardown of every fixture set up
         # before this call (the fake upstream the server talks to among them), so a server

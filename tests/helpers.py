@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from server.app import CHATRUN, Chatrun, create_app
 from server.settings import Settings
+from tests.databases import Row, StoredDatabase
 
 NS = "/chat-run"
 TOKEN = "test-token-alice"
@@ -85,10 +85,12 @@ def make_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Settin
 
 
 class ChatrunServer:
-    """The real app on a real port; ``restart`` keeps the data directory."""
+    """The real app on a real port; ``restart`` keeps the data directory and the database.
+    ``stored`` is its database as the test reads it (``tests/databases.py``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stored: StoredDatabase) -> None:
         self.settings = settings
+        self.stored = stored
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -122,17 +124,13 @@ class ChatrunServer:
             self.settings = dataclasses.replace(self.settings, **overrides)
         await self.start()
 
-    def db(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.settings.data_dir / "chatrun.db", timeout=30)
-        conn.row_factory = sqlite3.Row
-        return conn
+    def query(self, sql: str, *params: Any) -> list[Row]:
+        """Rows of the server's database (``?`` placeholders, SQLite or PostgreSQL)."""
+        return self.stored.query(sql, *params)
 
-    def query(self, sql: str, *params: Any) -> list[sqlite3.Row]:
-        conn = self.db()
-        try:
-            return list(conn.execute(sql, params))
-        finally:
-            conn.close()
+    def execute(self, sql: str, *params: Any) -> int:
+        """Change the server's database behind its back; the rows changed."""
+        return self.stored.execute(sql, *params)
 
     async def request(
         self, method: str, path: str, *, token: str | None = None, body: Any = None

@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from db.sqlite.bulk import execute_rows, existing_keys, multi_row
+from tests.services import sqlite_only
+
+pytestmark = sqlite_only
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, size INTEGER, note TEXT);

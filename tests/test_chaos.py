@@ -254,7 +254,7 @@ async def test_chaos(
         actions += await trial(rng, srv, upstream, witness, probe, n)
     await witness.close()
     await srv.stop()
-    assert srv.query("PRAGMA integrity_check")[0][0] == "ok"
+    assert srv.stored.integrity() == "ok"
     print(
         f"\nchaos: seed {SEED}, {TRIALS} trials, upstream endings {dict(upstream.faults)}, "
         f"client actions {dict(actions)}, failures 0"

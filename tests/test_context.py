@@ -263,23 +263,17 @@ async def test_counts_are_computed_once_and_stored(
         expected = COUNTER.count(r["content"]) if r["role"] == "user" else len(r["content"].split())
         assert r["token_count"] == expected, dict(r)
 
-    def edit(sql: str) -> None:
-        conn = server.db()
-        try:
-            conn.execute(sql)
-            conn.commit()
-        finally:
-            conn.close()
-
     # a stored count is used as it is, not counted again
-    edit(
+    server.execute(
         "UPDATE messages SET token_count = token_count + 7 "
         "WHERE session_id = 'edited' AND content = 'hello there'"
     )
     tokens = await context_tokens("again")
     assert tokens["edited"] == tokens["same"] + 7
     # a message stored without a count is counted, lazily, and the count saved
-    edit("UPDATE messages SET token_count = NULL WHERE session_id = 'edited' AND role = 'user'")
+    server.execute(
+        "UPDATE messages SET token_count = NULL WHERE session_id = 'edited' AND role = 'user'"
+    )
     tokens = await context_tokens("and again")
     assert tokens["edited"] == tokens["same"]
     assert not server.query("SELECT id FROM messages WHERE token_count IS NULL")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sqlite3
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from server.upstream.configs import EDITABLE
+from tests.databases import StoredDatabase
 from tests.fakes.hermes import FakeHermes
 from tests.helpers import TOKEN, ChatrunServer, Tab, make_settings
 
@@ -165,14 +165,10 @@ class Background:
         # module (hypothesis drives the examples from plain functions).
         self.hermes = FakeHermes()
         await self.hermes.start()
-        self.server = ChatrunServer(
-            make_settings(
-                self.tmp / "data",
-                self.hermes.url,
-                admin_token=ADMIN,
-                max_input_chars=2000,
-            )
+        settings = make_settings(
+            self.tmp / "data", self.hermes.url, admin_token=ADMIN, max_input_chars=2000
         )
+        self.server = ChatrunServer(settings, StoredDatabase(settings.resolved_database_url))
         await self.server.start()
         self.tab = Tab(self.server.url)
         await self.tab.connect()
@@ -187,12 +183,8 @@ class Background:
         await self.hermes.close()
 
     def counts(self) -> tuple[int, ...]:
-        conn = sqlite3.connect(self.tmp / "data" / "chatrun.db", timeout=30)
-        try:
-            tables = ("sessions", "runs", "messages", "upstream_configs", "users")
-            return tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
-        finally:
-            conn.close()
+        tables = ("sessions", "runs", "messages", "upstream_configs", "users")
+        return tuple(self.server.query(f"SELECT count(*) FROM {t}")[0][0] for t in tables)
 
 
 class ErrorLog(logging.Handler):

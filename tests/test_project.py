@@ -4,7 +4,10 @@ migrations, the README's links ↔ the docs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +21,7 @@ from db.store import Store
 from server.errors import ConfigError
 from server.settings import Settings, setting_docs
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import ChatrunServer, ServerFactory, Tab, until_async
+from tests.helpers import ChatrunServer, ServerFactory, Tab, free_port, until_async
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_SETTINGS = [
@@ -103,6 +106,44 @@ def test_several_nodes_need_postgresql_and_say_so() -> None:
         }
     )
     assert s.node_id == "node-a.1" and s.node_lease_s == 10.0
+
+
+def test_only_sqlite_and_postgresql_are_accepted_and_a_refusal_says_what_to_set() -> None:
+    for url, says in (
+        ("mysql+aiomysql://u@h/db", "only SQLite and PostgreSQL"),
+        ("postgresql://u@h/db", "use the `postgresql+asyncpg` driver"),
+        ("postgresql+psycopg://u@h/db", "use the `postgresql+asyncpg` driver"),
+        ("sqlite:///x.db", "use the `sqlite+aiosqlite` driver"),
+        ("not a url", "cannot read"),
+        ("postgresql+asyncpg://u@h", "names no database"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            Settings.from_env({"CHATRUN_DATABASE_URL": url})
+    url = "postgresql+asyncpg://chatrun@db.internal:5433/chatrun"
+    assert Settings.from_env({"CHATRUN_DATABASE_URL": url}).resolved_database_url == url
+
+
+def test_a_database_that_does_not_answer_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://chatrun@127.0.0.1:{free_port()}/chatrun"
+    env = {
+        **os.environ,
+        "CHATRUN_DATABASE_URL": url,
+        "CHATRUN_DATA_DIR": str(tmp_path),
+        "CHATRUN_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "server"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("chatrun:")]
+    assert line.startswith(f"chatrun: cannot connect to the database {url}: ")
+    assert line.endswith("(CHATRUN_DATABASE_URL)")
 
 
 async def test_models_match_the_migrated_schema(tmp_path: Path) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
+from tests.databases import Databases, StoredDatabase
 from tests.fakes.hermes import FakeHermes, FakeRun
 from tests.helpers import TOKEN, ChatrunServer, Tab, TabFactory, free_port, until, until_async
 
@@ -69,42 +69,30 @@ async def _wait_for_status(server: ChatrunServer, run_id: str, status: str) -> N
     )
 
 
-def _stored_answer(db: sqlite3.Connection, run_id: str) -> str:
-    """An answer as stored: its content plus chunks not yet folded into it."""
-    row = db.execute(
-        "SELECT m.content || coalesce((SELECT group_concat(text, '') FROM (SELECT text "
-        "FROM message_chunks WHERE message_id = m.id AND field = 'content' ORDER BY id)), "
+def _stored_answer(db: StoredDatabase, run_id: str) -> str:
+    """An answer as stored: its content plus chunks not yet folded into it (one statement, so
+    a flush that folds them cannot come between)."""
+    rows = db.query(
+        f"SELECT m.content || coalesce((SELECT {db.aggregate_text('text')} FROM (SELECT id, text "
+        "FROM message_chunks WHERE message_id = m.id AND field = 'content' ORDER BY id) AS c), "
         "'') FROM messages m WHERE run_id = ? AND role = 'assistant'",
-        (run_id,),
-    ).fetchone()
-    return str(row[0])
+        run_id,
+    )
+    return str(rows[0][0])
 
 
-def _stored(data_dir: Path, run_id: str) -> str:
-    """A run's answer in the database a server process writes."""
-    db = sqlite3.connect(data_dir / "chatrun.db", timeout=30)
-    try:
-        return _stored_answer(db, run_id)
-    finally:
-        db.close()
-
-
-def _stored_starts_with(data_dir: Path, run_id: str, text: str) -> bool:
-    return _stored(data_dir, run_id).startswith(text)
+def _stored_starts_with(db: StoredDatabase, run_id: str, text: str) -> bool:
+    return _stored_answer(db, run_id).startswith(text)
 
 
 def _words_shown(tab: Tab, run_id: str, words: int, _: object = None) -> bool:
     return tab.text(run_id).count(" ") >= words
 
 
-def _status(data_dir: Path, run_id: str) -> str | None:
+def _status(db: StoredDatabase, run_id: str) -> str | None:
     """A run's status in the database a server process writes."""
-    db = sqlite3.connect(data_dir / "chatrun.db", timeout=30)
-    try:
-        row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-    finally:
-        db.close()
-    return None if row is None else str(row[0])
+    rows = db.query("SELECT status FROM runs WHERE id = ?", run_id)
+    return None if not rows else str(rows[0][0])
 
 
 async def _listening(port: int) -> bool:
@@ -118,10 +106,11 @@ async def _listening(port: int) -> bool:
 
 
 async def _start_process(
-    data_dir: Path, upstream: str, port: int, **settings: str
+    databases: Databases, data_dir: Path, upstream: str, port: int, **settings: str
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        **await databases.env(data_dir),
         **settings,
         "CHATRUN_DATA_DIR": str(data_dir),
         "CHATRUN_PORT": str(port),
@@ -147,13 +136,14 @@ async def _start_process(
 
 
 async def test_sigkill_mid_stream_keeps_the_delivered_text(
-    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory, databases: Databases
 ) -> None:
     hermes.script = first_streams_forever
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir = tmp_path / "data"
-    proc = await _start_process(data_dir, hermes.url, port)
+    db = await databases.stored(data_dir)
+    proc = await _start_process(databases, data_dir, hermes.url, port)
     try:
         tab = await tab_factory(url)
         first = await tab.call("run", {"session_id": "kill", "input": "first"})
@@ -162,46 +152,33 @@ async def test_sigkill_mid_stream_keeps_the_delivered_text(
         seen_seq = max(tab.seqs("kill"))
         # delivered text is in the database by the next flush (0.1 s here; generous margin)
         await until(
-            lambda: _stored(data_dir, first["run_id"]) == "partial text",
+            lambda: _stored_answer(db, first["run_id"]) == "partial text",
             what="the delivered text was never flushed",
         )
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         await tab.close()
 
-        db = sqlite3.connect(data_dir / "chatrun.db")
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.integrity() == "ok"
         # streaming text is stored as appended chunks until the message ends
-        row = db.execute(
-            "SELECT m.content || coalesce((SELECT group_concat(text, '') FROM (SELECT text "
-            "FROM message_chunks WHERE message_id = m.id AND field = 'content' ORDER BY id)), "
-            "'') FROM messages m WHERE run_id = ? AND role = 'assistant'",
-            (first["run_id"],),
-        ).fetchone()
-        assert row[0] == "partial text"
-        assert db.execute("SELECT count(*) FROM message_chunks").fetchone()[0] >= 1
-        db.close()
+        assert _stored_answer(db, first["run_id"]) == "partial text"
+        assert db.query("SELECT count(*) FROM message_chunks")[0][0] >= 1
 
-        proc = await _start_process(data_dir, hermes.url, port)
+        proc = await _start_process(databases, data_dir, hermes.url, port)
         tab = await tab_factory(url)
         resumed_seq = (await tab.call("resume", {"session_id": "kill"}))["seq"]
         assert resumed_seq >= seen_seq  # never goes back
         await until(
-            lambda: _status(data_dir, second["run_id"]) == "completed",
+            lambda: _status(db, second["run_id"]) == "completed",
             what="the queued run never completed",
         )
-        db = sqlite3.connect(data_dir / "chatrun.db")
-        status = db.execute("SELECT status FROM runs WHERE id = ?", (first["run_id"],)).fetchone()[
-            0
-        ]
-        assert status == "interrupted"
-        assert db.execute("SELECT count(*) FROM message_chunks").fetchone()[0] == 0
-        msg = db.execute(
+        assert _status(db, first["run_id"]) == "interrupted"
+        assert db.query("SELECT count(*) FROM message_chunks")[0][0] == 0
+        msg = db.query(
             "SELECT content, status FROM messages WHERE run_id = ? AND role = 'assistant'",
-            (first["run_id"],),
-        ).fetchone()
+            first["run_id"],
+        )[0]
         assert tuple(msg) == ("partial text", "interrupted")
-        db.close()
         # events after the restart continue above every seq a client saw before the crash
         after = await tab.call("resume", {"session_id": "kill"})
         assert after["seq"] > seen_seq
@@ -258,7 +235,7 @@ async def test_stop_interrupts_runs_that_outlast_the_grace(
 
 
 async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
-    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory, databases: Databases
 ) -> None:
     async def steady(run: FakeRun) -> None:
         for i in range(1000):
@@ -270,9 +247,10 @@ async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir = tmp_path / "data"
+    db = await databases.stored(data_dir)
     killed: list[tuple[str, str, str]] = []  # (run id, text seen a flush before, text at kill)
     for cycle in range(4):
-        proc = await _start_process(data_dir, hermes.url, port)
+        proc = await _start_process(databases, data_dir, hermes.url, port)
         try:
             tab = await tab_factory(url)
             ack = await tab.call("run", {"session_id": "crashes", "input": f"c{cycle}"})
@@ -281,7 +259,7 @@ async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
             safe = tab.text(ack["run_id"])
             # what a client was shown is stored by the next flush (0.1 s; generous margin)
             await until(
-                partial(_stored_starts_with, data_dir, run_id, safe),
+                partial(_stored_starts_with, db, run_id, safe),
                 timeout=FLUSH_DEADLINE,
                 what=f"cycle {cycle}: the text shown was not flushed",
             )
@@ -291,15 +269,11 @@ async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
             proc.wait(5)
         await tab.close()
         killed.append((ack["run_id"], safe, seen))
-        db = sqlite3.connect(data_dir / "chatrun.db")
-        try:
-            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            stored = _stored_answer(db, ack["run_id"])
-        finally:
-            db.close()
+        assert db.integrity() == "ok"
+        stored = _stored_answer(db, ack["run_id"])
         assert stored.startswith(safe) and seen.startswith(stored), (cycle, safe, stored, seen)
 
-    proc = await _start_process(data_dir, hermes.url, port)
+    proc = await _start_process(databases, data_dir, hermes.url, port)
     try:
         tab = await tab_factory(url)
         await tab.call("resume", {"session_id": "crashes"})
@@ -309,20 +283,15 @@ async def test_repeated_sigkills_lose_at_most_the_last_flush_interval(
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
-    db = sqlite3.connect(data_dir / "chatrun.db")
-    try:
-        for run_id, safe, seen in killed:
-            status = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-            assert status == "interrupted"
-            stored = _stored_answer(db, run_id)
-            assert stored.startswith(safe) and seen.startswith(stored)
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        db.close()
+    for run_id, safe, seen in killed:
+        assert _status(db, run_id) == "interrupted"
+        stored = _stored_answer(db, run_id)
+        assert stored.startswith(safe) and seen.startswith(stored)
+    assert db.integrity() == "ok"
 
 
 async def test_sigterm_lets_the_run_finish_keeps_the_queue_and_exits_cleanly(
-    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory
+    tmp_path: Path, hermes: FakeHermes, tab_factory: TabFactory, databases: Databases
 ) -> None:
     async def short(run: FakeRun) -> None:
         for i in range(30):
@@ -333,7 +302,7 @@ async def test_sigterm_lets_the_run_finish_keeps_the_queue_and_exits_cleanly(
     hermes.script = short
     port = free_port()
     data_dir = tmp_path / "data"
-    proc = await _start_process(data_dir, hermes.url, port, CHATRUN_SHUTDOWN_GRACE_S="5")
+    proc = await _start_process(databases, data_dir, hermes.url, port, CHATRUN_SHUTDOWN_GRACE_S="5")
     tab = await tab_factory(f"http://127.0.0.1:{port}")
     first = await tab.call("run", {"session_id": "term", "input": "first"})
     second = await tab.call("run", {"session_id": "term", "input": "second"})
@@ -344,10 +313,7 @@ async def test_sigterm_lets_the_run_finish_keeps_the_queue_and_exits_cleanly(
     assert done["output"] == "".join(f"{i} " for i in range(30))
     await until(lambda: not tab.sio.connected, what="the server never closed the socket")
     await tab.close()
-    db = sqlite3.connect(data_dir / "chatrun.db")
-    try:
-        statuses = dict(db.execute("SELECT id, status FROM runs").fetchall())
-        assert statuses == {first["run_id"]: "completed", second["run_id"]: "queued"}
-        assert _stored_answer(db, first["run_id"]) == done["output"]
-    finally:
-        db.close()
+    db = await databases.stored(data_dir)
+    statuses = dict(db.query("SELECT id, status FROM runs"))
+    assert statuses == {first["run_id"]: "completed", second["run_id"]: "queued"}
+    assert _stored_answer(db, first["run_id"]) == done["output"]

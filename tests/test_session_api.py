@@ -103,6 +103,9 @@ async def test_messages_page_backwards_and_show_the_stream_in_flight(
     status, body = await api.call("GET", f"/api/sessions/pages/messages?limit=4&before={oldest}")
     assert [m["content"] for m in body["messages"]][0::2] == ["q0"]
     assert body["has_more"] is False
+    # the largest cursor accepted is beyond any id (and PostgreSQL's INTEGER range)
+    status, body = await api.call("GET", f"/api/sessions/pages/messages?limit=4&before={2**62}")
+    assert status == 200 and [m["content"] for m in body["messages"]][0::2] == ["q1", "q2"]
 
     gate = asyncio.Event()
 

@@ -1,10 +1,10 @@
 """A burst of new runs is written in bulk; a stored session or a duplicate in the burst costs
-only its own run."""
+only its own run. On SQLite by default, on PostgreSQL with ``CHATRUN_TEST_DATABASE=postgres``
+(``tests/databases.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,11 +15,23 @@ import pytest
 
 from db.records import Enqueued, FlushBatch, MessageWrite, RunRecord, SnapshotRecord
 from db.store import Store
+from tests.databases import Databases, StoredDatabase
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store(f"sqlite+aiosqlite:///{tmp_path}/chatrun.db")
+async def url(tmp_path: Path, databases: Databases) -> str:
+    return await databases.url(tmp_path) or f"sqlite+aiosqlite:///{tmp_path}/chatrun.db"
+
+
+@pytest.fixture
+def stored(url: str, databases: Databases) -> StoredDatabase:
+    """The store's database, as another process sees it."""
+    return databases.stored_at(url)
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    opened = Store(url)
     await opened.open()
     try:
         yield opened
@@ -42,9 +54,8 @@ def new_run(session_id: str, queue_id: str = "q") -> RunRecord:
     )
 
 
-def store_runs(tmp_path: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-        return list(conn.execute("SELECT session_id, queue_id FROM runs"))
+def store_runs(stored: StoredDatabase) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in stored.query("SELECT session_id, queue_id FROM runs")]
 
 
 def start_rows(run: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -56,7 +67,7 @@ def start_rows(run: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
-    tmp_path: Path, store: Store
+    stored: StoredDatabase, store: Store
 ) -> None:
     user = await store.users.ensure("alice")
     other = await store.users.ensure("bob")
@@ -86,7 +97,7 @@ async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
     assert foreign_clash.clash and foreign_clash.started is None
     # bulk, not one commit per run
     assert store.transactions - before < 5
-    assert len(store_runs(tmp_path)) == 302  # the clashes wrote nothing
+    assert len(store_runs(stored)) == 302  # the clashes wrote nothing
     by_session = {e.run.session_id + e.run.queue_id: e for e in enqueued}
     assert by_session["oldq"].clash and by_session["oldq2"].clash
     # the caller then enqueues with the loaded session's position
@@ -98,7 +109,7 @@ async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
         dup, owner_id=user.id, title="t", seq_reserve=10, position=3, start=start_rows(dup)
     )
     assert duplicate.duplicate and duplicate.run.id == existing.id
-    assert len(store_runs(tmp_path)) == 303
+    assert len(store_runs(stored)) == 303
     ids = [i for e in enqueued for i in (e.started or ())]
     assert len(ids) == len(set(ids)) == 2 * 300
     for run in runs:
@@ -112,7 +123,7 @@ async def test_burst_of_new_runs_is_written_in_bulk_and_a_clash_falls_back(
 
 
 async def test_a_new_session_twice_in_one_burst_is_created_once(
-    tmp_path: Path, store: Store
+    stored: StoredDatabase, store: Store
 ) -> None:
     """Two runs that both create one new session in the same group commit: the first creates
     it, the second is a clash (its caller loads the session and enqueues again)."""
@@ -130,14 +141,14 @@ async def test_a_new_session_twice_in_one_burst_is_created_once(
     made, clash = results[10], results[11]
     assert made.session is not None and made.started is not None and not made.clash
     assert clash.clash and clash.session is None and clash.started is None
-    assert sorted(store_runs(tmp_path)) == sorted(
+    assert sorted(store_runs(stored)) == sorted(
         [("twin", "qa"), *((r.session_id, "q") for r in others)]
     )
     assert all(r.started is not None for r in results[:10] + results[12:])
     assert await store.integrity_check() == "ok"
 
 
-async def test_message_ids_never_collide_or_come_back(tmp_path: Path, store: Store) -> None:
+async def test_message_ids_never_collide_or_come_back(stored: StoredDatabase, store: Store) -> None:
     """Ids the store hands out itself and ids SQLite picks (one-off inserts) interleave without
     a clash, and a deleted session's ids are not handed out again."""
     user = await store.users.ensure("alice")
@@ -169,7 +180,7 @@ async def test_message_ids_never_collide_or_come_back(tmp_path: Path, store: Sto
 
 
 async def test_messages_written_by_another_process_do_not_break_new_runs(
-    tmp_path: Path, store: Store
+    stored: StoredDatabase, store: Store
 ) -> None:
     """The store counts message ids itself; when something else wrote messages (a restore, a
     script), the clash is noticed and the count read again, and the run is stored."""
@@ -178,14 +189,11 @@ async def test_messages_written_by_another_process_do_not_break_new_runs(
     await store.runs.enqueue(
         first, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(first)
     )
-    outside = sqlite3.connect(tmp_path / "chatrun.db")
-    outside.executemany(
-        "INSERT INTO messages (session_id, role, content, reasoning, status, created_at, "
-        "updated_at) VALUES ('a', 'user', 'pasted', '', 'complete', 0, 0)",
-        [()] * 5,
-    )
-    outside.commit()
-    outside.close()
+    for _ in range(5):
+        stored.execute(
+            "INSERT INTO messages (session_id, role, content, reasoning, status, created_at, "
+            "updated_at) VALUES ('a', 'user', 'pasted', '', 'complete', 0, 0)"
+        )
     run = new_run("b")
     result = await store.runs.enqueue(
         run, owner_id=user.id, title="t", seq_reserve=10, start=start_rows(run)
@@ -195,7 +203,7 @@ async def test_messages_written_by_another_process_do_not_break_new_runs(
 
 
 async def test_a_run_that_fails_in_a_burst_fails_alone_and_leaves_nothing(
-    tmp_path: Path, store: Store
+    stored: StoredDatabase, store: Store
 ) -> None:
     user = await store.users.ensure("alice")
     warm = new_run("warm")  # the store knows its message ids from here on
@@ -214,18 +222,18 @@ async def test_a_run_that_fails_in_a_burst_fails_alone_and_leaves_nothing(
     assert isinstance(results[10], Exception)
     assert all(not isinstance(r, BaseException) and r.started for r in results[:10])
     assert all(not isinstance(r, BaseException) and r.started for r in results[11:])
-    with sqlite3.connect(tmp_path / "chatrun.db") as conn:  # what another reader sees
-        sessions = {row[0] for row in conn.execute("SELECT id FROM sessions")}
-        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    # what another reader sees
+    sessions = {row[0] for row in stored.query("SELECT id FROM sessions")}
+    messages = stored.query("SELECT count(*) FROM messages")[0][0]
     assert sessions == {"warm", *(f"s{i}" for i in range(20))}  # not the twin's
     assert messages == 2 * 20
-    assert sorted(store_runs(tmp_path)) == sorted(
+    assert sorted(store_runs(stored)) == sorted(
         [("warm", "q"), *((f"s{i}", "q") for i in range(20))]
     )
     assert await store.integrity_check() == "ok"
 
 
-async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path, store: Store) -> None:
+async def test_context_is_the_snapshot_and_the_turns_after_it(store: Store) -> None:
     user = await store.users.ensure("alice")
     run = new_run("chat")
     await store.runs.enqueue(run, owner_id=user.id, title="t", seq_reserve=10)
@@ -286,7 +294,7 @@ async def test_context_is_the_snapshot_and_the_turns_after_it(tmp_path: Path, st
 
 
 async def test_batches_of_new_runs_in_flight_together_all_land(
-    tmp_path: Path, store: Store
+    stored: StoredDatabase, store: Store
 ) -> None:
     user = await store.users.ensure("alice")
     await store.runs.enqueue(new_run("warm"), owner_id=user.id, title="t", seq_reserve=10)
@@ -301,15 +309,14 @@ async def test_batches_of_new_runs_in_flight_together_all_land(
     assert store.transactions - before == 3
     ids = [i for e in results for i in (e.started or ())]
     assert len(ids) == len(set(ids)) == 2 * len(runs)
-    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1 + len(runs)
-        stored = dict(conn.execute("SELECT id, run_id FROM messages"))
-    assert all(stored[e.started[0]] == e.run.id for e in results if e.started)
+    assert stored.query("SELECT count(*) FROM runs")[0][0] == 1 + len(runs)
+    run_of = dict(stored.query("SELECT id, run_id FROM messages"))
+    assert all(run_of[e.started[0]] == e.run.id for e in results if e.started)
     assert await store.integrity_check() == "ok"
 
 
 async def test_a_write_whose_caller_is_cancelled_still_lands_whole(
-    tmp_path: Path, store: Store
+    stored: StoredDatabase, store: Store
 ) -> None:
     user = await store.users.ensure("alice")
     runs = [new_run(f"s{i}") for i in range(30)]
@@ -328,13 +335,12 @@ async def test_a_write_whose_caller_is_cancelled_still_lands_whole(
     # every write landed, the cancelled ones included, and the database takes more
     later = new_run("later")
     await store.runs.enqueue(later, owner_id=user.id, title="t", seq_reserve=10)
-    assert len(store_runs(tmp_path)) == 31
-    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 60
+    assert len(store_runs(stored)) == 31
+    assert stored.query("SELECT count(*) FROM messages")[0][0] == 60
     assert await store.integrity_check() == "ok"
 
 
-async def test_flushes_land_whole_or_not_at_all(tmp_path: Path, store: Store) -> None:
+async def test_flushes_land_whole_or_not_at_all(stored: StoredDatabase, store: Store) -> None:
     user = await store.users.ensure("alice")
     run = new_run("chat")
     started = await store.runs.enqueue(
@@ -371,9 +377,8 @@ async def test_flushes_land_whole_or_not_at_all(tmp_path: Path, store: Store) ->
         return_exceptions=True,
     )
     assert isinstance(results[0], Exception) and results[1] is None
-    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-        texts = [r[0] for r in conn.execute("SELECT text FROM message_chunks ORDER BY id")]
-        last_seq = conn.execute("SELECT last_seq FROM sessions WHERE id = 'chat'").fetchone()[0]
+    texts = [r[0] for r in stored.query("SELECT text FROM message_chunks ORDER BY id")]
+    last_seq = stored.query("SELECT last_seq FROM sessions WHERE id = 'chat'")[0][0]
     assert texts == ["Hel", "lo", "!"] and last_seq == 50
     await store.flush(
         FlushBatch(
@@ -391,10 +396,7 @@ async def test_flushes_land_whole_or_not_at_all(tmp_path: Path, store: Store) ->
             ]
         )
     )
-    with sqlite3.connect(tmp_path / "chatrun.db") as conn:
-        row = conn.execute(
-            "SELECT content, status, token_count FROM messages WHERE id = ?", (answer,)
-        ).fetchone()
-        chunks = conn.execute("SELECT count(*) FROM message_chunks").fetchone()[0]
+    row = stored.query("SELECT content, status, token_count FROM messages WHERE id = ?", answer)[0]
+    chunks = stored.query("SELECT count(*) FROM message_chunks")[0][0]
     assert row == ("Hello!", "complete", 2) and chunks == 0
     assert await store.integrity_check() == "ok"
