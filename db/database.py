@@ -33,6 +33,7 @@ class Database:
         self._writer: SQLiteThread | None = None
         self.reader: SQLiteThread | None = None  # SQLite file: the reads before a run
         self.message_ids: MessageIds | None = None  # SQLite: ids counted in this process
+        self._control: AsyncEngine | None = None  # PostgreSQL: leases, apart from the traffic
 
     async def open(self) -> None:
         """Connect, migrate, and start the writers. ``UnsupportedDatabase`` for a URL of
@@ -87,6 +88,9 @@ class Database:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        if self._control is not None:
+            await self._control.dispose()
+            self._control = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -108,6 +112,17 @@ class Database:
         if self._commit is None:
             raise RuntimeError("the database is not open")
         return await self._commit.transact(fn)
+
+    async def control(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``fn`` in a transaction of its own at once, on connections kept for it: a
+        node's lease must not wait behind a burst of ordinary writes (PostgreSQL; SQLite has
+        one writer, and takes it in turn)."""
+        if self.dialect.name == "sqlite":
+            return await self.transact(fn)
+        if self._control is None:
+            self._control = create_engine(self.url, pool_size=2, max_overflow=1)
+        async with self._control.begin() as conn:
+            return await fn(conn)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -46,7 +46,7 @@ def check_url(url: str) -> URL:
     return parsed
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, **pool: Any) -> AsyncEngine:
     """An async engine for a supported URL; SQLite connections get WAL, a busy timeout and
     foreign keys.
 
@@ -60,6 +60,7 @@ def create_engine(url: str) -> AsyncEngine:
             parsed,
             pool_reset_on_return=None,
             connect_args={"timeout": CONNECT_TIMEOUT_S},
+            **pool,
         )
     engine = create_async_engine(parsed, pool_reset_on_return=None)
     event.listen(engine.sync_engine, "connect", sqlite_pragmas)

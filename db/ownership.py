@@ -83,7 +83,7 @@ class Ownership:
             )
             return float(row[0])
 
-        return await self.db.transact(tx)
+        return await self.db.control(tx)
 
     async def renew(self, node_id: str, lease_s: float) -> float | None:
         """Extend a live lease; None when it had already run out (the node is fenced)."""
@@ -101,7 +101,7 @@ class Ownership:
             ).first()
             return None if row is None else float(row[0])
 
-        return await self.db.transact(tx)
+        return await self.db.control(tx)
 
     async def retire(self, node_id: str) -> int:
         """End a stopping node's lease and let its sessions go at once; how many it held."""
@@ -114,7 +114,7 @@ class Ownership:
             await conn.execute(text("DELETE FROM nodes WHERE id = :id"), {"id": node_id})
             return int(released.rowcount or 0)
 
-        return await self.db.transact(tx)
+        return await self.db.control(tx)
 
     async def claim(self, session_id: str, node_id: str) -> int | None:
         """Make ``node_id`` the session's owner if nobody live holds it, or keep it if it does

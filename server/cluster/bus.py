@@ -19,6 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from server.cluster import redis
 from server.errors import ChatrunError, NodeUnreachable
 from server.tasks import TaskSet
 
@@ -35,7 +36,7 @@ class Bus:
         self._prefix = prefix
         self._tasks = tasks
         # the listener blocks on its socket without a timeout: an idle channel is not an error
-        self._publisher = aioredis.Redis.from_url(redis_url)
+        self._publisher = redis.client(redis_url)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.handler: Handler | None = None
         self.on_news: Callable[[dict[str, Any]], Awaitable[None]] | None = None

@@ -8,9 +8,8 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from db.store import Store
+from server.cluster import redis
 from server.cluster.bus import Bus
 from server.cluster.claims import Claims
 from server.cluster.fanout import RedisFanout
@@ -58,7 +57,7 @@ class Cluster:
         self.node = Node(
             node_id, settings.node_lease_s, store.owners, f"{settings.host}:{settings.port}"
         )
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = redis.client(settings.redis_url)
         self.shared = SharedLog(
             self.redis, settings.redis_prefix, settings.retained_events, LOG_TTL_S
         )

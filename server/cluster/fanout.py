@@ -21,6 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
+from server.cluster import redis
+
 log = logging.getLogger("chatrun.cluster")
 
 PUBLISH_TIMEOUT_S = 5.0
@@ -42,7 +44,7 @@ class RedisFanout(AsyncPubSubManager):  # type: ignore[misc]
 
     async def _publish(self, data: Any) -> Any:
         if self._publisher is None:
-            self._publisher = aioredis.Redis.from_url(self._url, socket_timeout=PUBLISH_TIMEOUT_S)
+            self._publisher = redis.client(self._url, socket_timeout=PUBLISH_TIMEOUT_S)
         message = self.json.dumps(data)
         for attempt in (1, 2):
             try:
