@@ -13,7 +13,7 @@ from db.messages import Messages
 from db.records import HistoryItem, SnapshotRecord
 from db.rows import snapshot_record
 from db.sqlite.onetrip import read_context
-from db.statements import HISTORY, LATEST_SNAPSHOT, SNAPSHOTS
+from db.statements import CONTEXT_POSTGRES, HISTORY, LATEST_SNAPSHOT, SNAPSHOTS
 
 
 class Snapshots:
@@ -53,8 +53,30 @@ class Snapshots:
         """A session's newest snapshot and the turns after it up to ``before_id`` (as
         ``Messages.history``), read together: on a SQLite file in one trip to the reader
         thread, which costs a fraction of the CPU of the two reads through SQLAlchemy and waits
-        for one turn of the event loop instead of several; elsewhere on one connection."""
-        if self.db.reader is None:  # PostgreSQL (or SQLite in memory): one connection
+        for one turn of the event loop instead of several; on PostgreSQL in one statement."""
+        if self.db.dialect.name == "postgresql":  # one statement
+            async with self.db.read() as conn:
+                result = await conn.execute(
+                    CONTEXT_POSTGRES, {"session_id": session_id, "before_id": before_id}
+                )
+                rows_found = result.all()
+            first = rows_found[0]._mapping
+            snapshot = None
+            if first["summary"] is not None:
+                snapshot = SnapshotRecord(
+                    session_id=session_id,
+                    summary=first["summary"],
+                    last_message_id=first["last_message_id"],
+                    message_count=first["message_count"],
+                    covered_tokens=first["covered_tokens"],
+                    summary_tokens=first["summary_tokens"],
+                    created_at=first["created_at"],
+                )
+            rows = [
+                (r.id, r.role, r.content, r.token_count) for r in rows_found if r.id is not None
+            ]
+            return snapshot, await self.messages.counted(rows, count)
+        if self.db.reader is None:  # SQLite in memory: one connection
             async with self.db.read() as conn:
                 row = (await conn.execute(LATEST_SNAPSHOT, {"session_id": session_id})).first()
                 snapshot = None if row is None else snapshot_record(row._mapping)

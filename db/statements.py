@@ -11,12 +11,14 @@ from sqlalchemy import (
     Insert,
     Integer,
     Table,
+    and_,
     bindparam,
     delete,
     func,
     insert,
     literal_column,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -112,6 +114,41 @@ HISTORY = (
         # constants written out, so the statement compiles once with no expanding parameters
         MESSAGES.c.role.in_([literal_column("'user'"), literal_column("'assistant'")]),
         MESSAGES.c.content != literal_column("''"),
+    )
+    .order_by(MESSAGES.c.id)
+)
+
+# PostgreSQL: the newest snapshot and the turns after it in one statement (one round trip, as
+# SQLite's reader thread reads both in one trip): a row per turn, each with the snapshot's
+# columns (NULL when there is none), or a single row with no turn
+_SNAPSHOT = LATEST_SNAPSHOT.lateral("snapshot")
+CONTEXT_POSTGRES = (
+    select(
+        _SNAPSHOT.c.summary,
+        _SNAPSHOT.c.last_message_id,
+        _SNAPSHOT.c.message_count,
+        _SNAPSHOT.c.covered_tokens,
+        _SNAPSHOT.c.summary_tokens,
+        _SNAPSHOT.c.created_at,
+        MESSAGES.c.id,
+        MESSAGES.c.role,
+        MESSAGES.c.content,
+        MESSAGES.c.token_count,
+    )
+    .select_from(
+        select(literal_column("1").label("one"))
+        .subquery("one")
+        .outerjoin(_SNAPSHOT, true())
+        .outerjoin(
+            MESSAGES,
+            and_(
+                MESSAGES.c.session_id == bindparam("session_id"),
+                MESSAGES.c.id > func.coalesce(_SNAPSHOT.c.last_message_id, 0),
+                MESSAGES.c.id < bindparam("before_id", type_=BigInteger),
+                MESSAGES.c.role.in_([literal_column("'user'"), literal_column("'assistant'")]),
+                MESSAGES.c.content != literal_column("''"),
+            ),
+        )
     )
     .order_by(MESSAGES.c.id)
 )
