@@ -29,11 +29,11 @@ class Claims:
     async def claim(self, session_id: str) -> int | None:
         """The fence this node holds the session with, claiming it when no live node holds
         it; None when another node does (or this node's lease is in doubt)."""
+        if not self.node.live:  # paused past the lease, maybe: hold nothing until renewed
+            return None
         fence = self.fences.get(session_id)
         if fence is not None:
             return fence
-        if not self.node.live:
-            return None
         fence = await self.owners.claim(session_id, self.node.id)
         if fence is None:
             return None
