@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from server.cluster.nginx import config
 from tests.helpers import free_port, until_async
@@ -27,6 +28,7 @@ class Nginx:
             config(tmp, f"127.0.0.1:{self.port}", [f"127.0.0.1:{p}" for p in ports], sticky=sticky)
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.nodes: Any = None  # the nodes behind it, for tests that look at them
 
     async def start(self) -> None:
         if not Path(NGINX).exists():

@@ -355,12 +355,17 @@ async def test_an_upstream_config_changed_on_one_node_applies_on_every_node(
             assert response.status == 201, await response.text()
         on_b = await tab_factory(nodes.url("b"), profile="other")
 
+        accepted: list[str] = []
+
         async def runs_on_other() -> bool:
             ack = await on_b.call("run", {"session_id": f"u{time.monotonic()}", "input": "hi"})
-            return bool(ack.get("ok"))
+            if ack.get("ok"):
+                accepted.append(ack["run_id"])
+            return bool(accepted)
 
         await until_async(runs_on_other, timeout=10, what="node b never learnt the new config")
-        await other.wait_for_run()
+        # the run ends before the other upstream closes (its stream would hold the close up)
+        await on_b.wait_event("run.completed", timeout=30, run_id=accepted[0])
         assert other.bodies() and not hermes.bodies()
 
 
