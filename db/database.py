@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from db.commit import GroupCommit
 from db.engine import CONNECT_TIMEOUT_S, check_url, create_engine, migrate
 from db.errors import DatabaseUnavailable
+from db.fences import HOLDING, check_holding
 from db.sqlite.ids import MessageIds
 from db.sqlite.onetrip import OneTrip
 from db.sqlite.thread import SQLiteThread
@@ -108,10 +109,18 @@ class Database:
         return self._commit.transactions if self._commit is not None else 0
 
     async def transact(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``fn`` in a write transaction (group-committed) and return its result."""
+        """Run ``fn`` in a write transaction (group-committed) and return its result; work for
+        a session held by this node (several nodes) checks its fence first (``db.fences``)."""
         if self._commit is None:
             raise RuntimeError("the database is not open")
-        return await self._commit.transact(fn)
+        if HOLDING.get() is None:
+            return await self._commit.transact(fn)
+
+        async def fenced_write(conn: AsyncConnection) -> T:
+            await check_holding(conn)
+            return await fn(conn)
+
+        return await self._commit.transact(fenced_write)
 
     async def control(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``fn`` in a transaction of its own at once, on connections kept for it: a

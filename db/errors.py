@@ -24,3 +24,7 @@ class UnsupportedDatabase(StoreError):
 class DatabaseUnavailable(StoreError):
     """The database does not answer (not running, wrong address, refused login, no such
     database)."""
+
+
+class NotHeld(StoreError):
+    """Several nodes: the write was for a session this node no longer holds (``db.fences``)."""

@@ -10,24 +10,13 @@ claim of the session waits for that transaction instead of overtaking it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.database import Database
-
-# now, in seconds since the epoch, on the database's clock
-_NOW = {
-    "postgresql": "extract(epoch from clock_timestamp())",
-    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
-}
-
-
-def db_now(dialect: Dialect) -> str:
-    return _NOW[dialect.name]
+from db.fences import db_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,37 +216,3 @@ class Ownership:
                 NodeInfo(str(i), str(a), float(s), float(e), bool(live))
                 for i, a, s, e, live in rows
             ]
-
-
-async def fenced(conn: AsyncConnection, node_id: str, fences: Mapping[str, int]) -> set[str]:
-    """Inside an owner's write transaction: the sessions of ``fences`` that ``node_id`` no
-    longer holds with those fences (or all, when its lease ran out). Their writes must be
-    left out. On PostgreSQL the rows checked stay locked until the transaction ends, so no
-    claim can overtake the write."""
-    if not fences:
-        return set()
-    dialect = conn.dialect
-    lock = " FOR SHARE" if dialect.name == "postgresql" else ""
-    now = db_now(dialect)
-    live = (
-        await conn.execute(
-            text(f"SELECT 1 FROM nodes WHERE id = :node AND expires_at > {now}{lock}"),
-            {"node": node_id},
-        )
-    ).first()
-    if live is None:
-        return set(fences)
-    params: dict[str, str] = {"node": node_id}
-    names = []
-    for i, sid in enumerate(fences):
-        params[f"s{i}"] = sid
-        names.append(f":s{i}")
-    rows = await conn.execute(
-        text(
-            "SELECT session_id, fence FROM session_owners "
-            f"WHERE node_id = :node AND session_id IN ({', '.join(names)}){lock}"
-        ),
-        params,
-    )
-    held = {str(sid): int(fence) for sid, fence in rows}
-    return {sid for sid, fence in fences.items() if held.get(sid) != fence}

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 
 import socketio
 
+from db.errors import NotHeld
 from db.records import UserRecord
 from server.auth import Authenticator
 from server.errors import BadRequest, ChatrunError, Fenced, RateLimited
@@ -92,9 +93,13 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 answer = await self._forward(sid, connection, event, payload)
                 if answer is not None:
                     return answer
+                with self.router.holding(payload):
+                    return await handler(sid, connection, payload)
             return await handler(sid, connection, payload)
         except ChatrunError as exc:
             return exc.to_ack()
+        except NotHeld as exc:  # the session moved to another node meanwhile
+            return Fenced(str(exc)).to_ack()
         except Exception:
             log.exception("handling %r from %s failed", event, sid)
             return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
@@ -133,7 +138,8 @@ class ChatRunNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         connection = Connection(
             UserRecord(id=int(user["id"]), name=str(user["name"])), body.get("profile")
         )
-        return await handler(str(body.get("sid")), connection, payload)
+        with self.router.holding(payload):
+            return await handler(str(body.get("sid")), connection, payload)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None

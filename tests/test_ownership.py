@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
-from db.ownership import fenced
+from db.errors import NotHeld
+from db.fences import fenced, holding
 from db.store import Store
 from server.cluster.node import Node
 from server.errors import ConfigError
@@ -147,3 +148,21 @@ async def test_a_node_that_lost_its_lease_drops_its_sessions_and_joins_anew(
         await Node("b", 0.3, b.owners).start()  # b's 60 s lease is live
     await node.stop()
     assert [n.id for n in await b.owners.nodes()] == ["b"]
+
+
+async def test_every_write_for_a_session_checks_the_fence_it_was_made_under(
+    stores: tuple[Store, Store],
+) -> None:
+    a, b = stores
+    await a.owners.register("a", LEASE)
+    await b.owners.register("b", 60.0)
+    assert await a.owners.claim("s1", "a") == 1
+    with holding("a", "s1", 1):
+        await a.sessions.reserve_seq("s1", 10)  # held: written
+    await lapse(a, "a")
+    assert await b.owners.claim("s1", "b") == 2
+    with holding("a", "s1", 1), pytest.raises(NotHeld):
+        await a.sessions.reserve_seq("s1", 20)  # the old holder: refused
+    with holding("b", "s1", 2):
+        await b.sessions.reserve_seq("s1", 30)
+    await a.sessions.reserve_seq("s1", 40)  # work for no session is not checked

@@ -3,8 +3,10 @@ no live node does), otherwise forwarded to the node that does, whose answer is t
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from db.fences import holding
 from server.cluster.bus import Bus
 from server.cluster.claims import Claims
 from server.errors import Fenced, NodeUnreachable
@@ -46,3 +48,12 @@ class Router:
 
     def holds(self, session_id: str) -> bool:
         return session_id in self.claims.fences
+
+    def holding(self, payload: Any) -> AbstractContextManager[None]:
+        """The fence check for the writes of a request handled here (``db.fences``); none for
+        a session this node does not hold (a request refused before it writes)."""
+        session_id = payload.get("session_id") if isinstance(payload, dict) else None
+        fence = self.claims.fences.get(session_id) if isinstance(session_id, str) else None
+        if fence is None or not isinstance(session_id, str):
+            return nullcontext()
+        return holding(self.node_id, session_id, fence)

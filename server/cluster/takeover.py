@@ -10,6 +10,7 @@ import json
 import logging
 from typing import Any
 
+from db.fences import holding
 from db.records import MessageRecord, RunRecord
 from db.store import Store
 from server.cluster.claims import Claims
@@ -79,6 +80,13 @@ class Takeover:
 
     async def adopt(self, session_id: str) -> None:
         """Hold a session just claimed: end its left-over run, then go on with its queue."""
+        fence = self.claims.fences.get(session_id)
+        if fence is None:
+            return
+        with holding(self.claims.node.id, session_id, fence):
+            await self._adopt(session_id)
+
+    async def _adopt(self, session_id: str) -> None:
         state = await self.hub.get(session_id)
         if state is None:  # deleted meanwhile
             await self.claims.release(session_id)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from db.ownership import fenced
+from db.fences import fenced
 from db.records import FlushBatch, RunFinish
 from db.store import Guard, Store
 from server.errors import Fenced

@@ -3,6 +3,7 @@ Every call checks that the session is the user's; reads never write."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from db.records import SessionRecord, UserRecord
@@ -47,6 +48,11 @@ class SessionService:
         if isinstance(error, dict):
             raise remote_error(error)
         return answer
+
+    def _holding(self, session_id: str) -> AbstractContextManager[None]:
+        if self.router is None:
+            return nullcontext()
+        return self.router.holding({"session_id": session_id})
 
     async def command(self, user: UserRecord, body: dict[str, Any]) -> dict[str, Any]:
         """Several nodes: a call another node forwarded for a session this node holds."""
@@ -155,7 +161,8 @@ class SessionService:
         the session's room is closed."""
         if await self._elsewhere(user, session_id, "delete", claim=True) is not None:
             return
-        await self.runs.delete_session(user, session_id)
+        with self._holding(session_id):
+            await self.runs.delete_session(user, session_id)
         if self.router is not None:
             await self.router.claims.release(session_id)
         await self._announce(user, session_id, Event.SESSION_DELETED, {})
