@@ -13,7 +13,7 @@ from playwright.async_api import Browser, expect
 
 from tests.cluster import Nodes, two_nodes
 from tests.fakes.hermes import FakeHermes
-from tests.helpers import TabFactory
+from tests.helpers import TabFactory, until
 from tests.nginx import Nginx
 from tests.pages import last_assistant, send, signed_in_page, words
 
