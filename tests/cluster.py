@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.helpers import ADMIN_TOKEN, TOKEN, Tab, free_port, until_async
+from tests.helpers import ADMIN_TOKEN, TOKEN, Tab, free_port, listening, until_async
 from tests.services import postgres_database, redis_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ class Nodes:
 
             async def up(name: str = name, proc: subprocess.Popen[bytes] = proc) -> bool:
                 assert proc.poll() is None, self.log(name)
-                return await _listening(self.ports[name])
+                return await listening(self.ports[name])
 
             await until_async(up, timeout=30, what=f"node {name} never listened")
 
@@ -100,16 +100,6 @@ class Nodes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-
-
-async def _listening(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
 
 
 @asynccontextmanager

@@ -312,6 +312,17 @@ def free_port() -> int:
 POLL_INTERVAL = 0.01
 
 
+async def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
 async def until(check: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
     """Wait until ``check()`` is true (fails the test after ``timeout`` seconds)."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -3,7 +3,6 @@ configures it (``server.cluster.nginx``)."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from server.cluster.nginx import config
-from tests.helpers import free_port, until_async
+from tests.helpers import free_port, listening, until_async
 from tests.services import unavailable
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -38,17 +37,11 @@ class Nginx:
             stderr=subprocess.DEVNULL,
         )
 
-        async def listening() -> bool:
+        async def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self._errors()
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                return False
-            writer.close()
-            await writer.wait_closed()
-            return True
+            return await listening(self.port)
 
-        await until_async(listening, timeout=10, what="nginx never listened")
+        await until_async(up, timeout=10, what="nginx never listened")
 
     def _errors(self) -> str:
         log = self.tmp / "error.log"

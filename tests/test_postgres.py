@@ -26,7 +26,7 @@ from db.models import Base
 from db.records import FlushBatch, MessageWrite, RunFinish, RunRecord
 from db.store import Store
 from tests.databases import StoredDatabase
-from tests.helpers import TOKEN, free_port, until_async
+from tests.helpers import TOKEN, free_port, listening, until_async
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,16 +44,6 @@ async def test_models_match_the_migrated_schema(postgres_url: str) -> None:
         assert await store.integrity_check() == "ok"
     finally:
         await store.close()
-
-
-async def _listening(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
 
 
 async def test_processes_started_together_on_an_empty_database_all_start_and_migrate_once(
@@ -86,7 +76,7 @@ async def test_processes_started_together_on_an_empty_database_all_start_and_mig
         async def all_ready() -> bool:
             for proc, log in zip(procs, logs, strict=True):
                 assert proc.poll() is None, log.read_text()
-            return all([await _listening(port) for port in ports])
+            return all([await listening(port) for port in ports])
 
         await until_async(all_ready, timeout=60, what="not every server process started")
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -12,7 +12,16 @@ from pathlib import Path
 
 from tests.databases import Databases, StoredDatabase
 from tests.fakes.hermes import FakeHermes, FakeRun
-from tests.helpers import TOKEN, ChatrunServer, Tab, TabFactory, free_port, until, until_async
+from tests.helpers import (
+    TOKEN,
+    ChatrunServer,
+    Tab,
+    TabFactory,
+    free_port,
+    listening,
+    until,
+    until_async,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FLUSH_DEADLINE = 5.0  # seconds: fifty flush intervals of the server processes (0.1 s)
@@ -95,16 +104,6 @@ def _status(db: StoredDatabase, run_id: str) -> str | None:
     return None if not rows else str(rows[0][0])
 
 
-async def _listening(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
-
-
 async def _start_process(
     databases: Databases, data_dir: Path, upstream: str, port: int, **settings: str
 ) -> subprocess.Popen[bytes]:
@@ -129,7 +128,7 @@ async def _start_process(
 
     async def started() -> bool:
         assert proc.poll() is None, (data_dir.parent / "server.log").read_text()
-        return await _listening(port)
+        return await listening(port)
 
     await until_async(started, timeout=30, what="the server process never listened")
     return proc
