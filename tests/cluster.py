@@ -116,6 +116,16 @@ async def two_nodes(tmp: Path, upstream: str, **settings: str) -> AsyncIterator[
             cluster.close()
 
 
+async def stored_answer(nodes: Nodes, run_id: str) -> asyncpg.Record:
+    """The stored answer of a run: its assistant message's ``content`` and ``status``."""
+    [row] = await db_rows(
+        nodes,
+        "SELECT content, status FROM messages WHERE run_id = $1 AND role = 'assistant'",
+        run_id,
+    )
+    return row
+
+
 async def db_rows(nodes: Nodes, sql: str, *args: Any) -> list[asyncpg.Record]:
     dsn = nodes.database_url.replace("postgresql+asyncpg", "postgresql")
     conn = await asyncpg.connect(dsn)

@@ -28,6 +28,7 @@ from tests.cluster import (
     health,
     repair,
     rest,
+    stored_answer,
     two_nodes,
 )
 from tests.fakes.hermes import FakeHermes, FakeRun
@@ -148,11 +149,7 @@ async def test_a_node_killed_mid_stream_is_taken_over_with_every_token_a_client_
     await repair(on_b, "s3")
     seqs = [e["seq"] for e in client_view(on_b, "s3")]
     assert contiguous(seqs) and seqs[0] == 1
-    [stored] = await db_rows(
-        nodes,
-        "SELECT content, status FROM messages WHERE run_id = $1 AND role = 'assistant'",
-        first["run_id"],
-    )
+    stored = await stored_answer(nodes, first["run_id"])
     assert stored["status"] == "interrupted"
     assert stored["content"].startswith(seen)
     assert stored["content"] == client_text(on_b, "s3", first["run_id"])
@@ -214,11 +211,7 @@ async def test_a_paused_node_past_its_lease_is_fenced_and_stops(
     # nothing node a streamed after the takeover reached the tab, and nothing was reused
     assert len(on_b.events) == received
     assert contiguous([e["seq"] for e in client_view(on_b, "s5")])
-    [stored] = await db_rows(
-        nodes,
-        "SELECT content, status FROM messages WHERE run_id = $1 AND role = 'assistant'",
-        first["run_id"],
-    )
+    stored = await stored_answer(nodes, first["run_id"])
     assert (stored["content"], stored["status"]) == (taken_text, "interrupted")
     # node a asked the upstream to stop the run it lost, and still serves as a node
     await until_async(
@@ -438,11 +431,7 @@ async def test_a_redis_restart_mid_stream_loses_nothing(
     assert (await on_b.call("resume", {"session_id": "s9"}))["ok"]
     answer = on_b.named("resumed")[-1]["messages"][-1]
     assert (answer["role"], answer["content"]) == ("assistant", whole)
-    [stored] = await db_rows(
-        nodes,
-        "SELECT content FROM messages WHERE run_id = $1 AND role = 'assistant'",
-        first["run_id"],
-    )
+    stored = await stored_answer(nodes, first["run_id"])
     assert stored["content"] == whole
     second = await on_b.call("run", {"session_id": "s9", "input": "two"})
     for tab in (on_a, on_b):
@@ -492,11 +481,7 @@ async def test_owners_killed_again_and_again_lose_nothing_a_client_saw(
             takeovers.append(time.monotonic() - killed)
             assert failed["code"] == "interrupted"
             await repair(watcher, "chaos")
-            [stored] = await db_rows(
-                nodes,
-                "SELECT content FROM messages WHERE run_id = $1 AND role = 'assistant'",
-                ack["run_id"],
-            )
+            stored = await stored_answer(nodes, ack["run_id"])
             assert stored["content"] == client_text(watcher, "chaos", ack["run_id"])
             assert contiguous([e["seq"] for e in client_view(watcher, "chaos")])
             # the killed node comes back under its own id and takes tabs again
